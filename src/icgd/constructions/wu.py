@@ -1,0 +1,428 @@
+"""Wu et al. (ICML 2025), Theorem 1: a (2N+4)L-layer transformer of ReLU attention, MLP and EWML layers whose
+forward pass runs L steps of projected gradient descent on an N-layer network.
+
+**Token** (one row per prompt point; the papers' columns, see :mod:`icgd.tokens`)::
+
+    h_i = [ x | y | w = (w1 … wN) | p̄ = (p1 … pN) | r̄′ = (r1 … rN) | g | s̄ = (s1 … sN) | one | t ]
+
+``w`` is replicated in every token (layer j's block ``wj`` is V_j row-major, :mod:`icgd.nets` order); ``pj`` holds
+p̄_i(j), the output of layer j (p̄(0) is ``x``); ``rj`` holds r̄′ at layer j's pre-activation ``v_jk·p̄_i(j−1)``;
+``g`` the loss derivative; ``sj`` the backprop delta at layer j's pre-activation; ``t`` is 1 on context tokens and 0
+on queries.
+
+**One GD step = 2N + 4 layers** (Wu §3, proofs C.2–C.7):
+
+1. ``fwd j`` (j = 1 … N), ReLU attention, heads (k, m): ``Q = [a1_m p̄(j−1); a2_m·1]``, ``K = [v_jk; 1]``,
+   ``V = c_m e_{pj[k]} e_oneᵀ`` → ``p̄(j)[k] = Σ_m c_m relu(a1_m v_jk·p̄(j−1) + a2_m) = r̂(v_jk·p̄(j−1))``.
+2. ``deriv``, ReLU attention, heads (j, k, m), the same rows with the fit of r′ → ``r̄′(j−1)[k]``.
+3. ``loss``, MLP: ``g[k] = relu(2(p̄N[k] − y[k]) − R3(1 − t)) − relu(−2(p̄N[k] − y[k]) − R3(1 − t))`` — exactly
+   u = 2(p̄ − y) on context tokens and 0 on queries (R3 bounds |2p̄N| on the query).
+4. ``back N … back 1``, EWML: ``s̄(N) = r̄′(N−1) ⊙ g``, then ``s̄(j) = r̄′(j−1) ⊙ (V_{j+1}ᵀ s̄(j+1))`` with
+   heads k: ``Q = column k of V_{j+1}`` (read from ``w``), ``K = s̄(j+1)``, ``V = e_{sj[k]} e_{rj[k]}ᵀ``.
+5. ``step``, ReLU attention, heads (j, k, ±): ``Q = ±1``, ``K = s̄(j)[k]``,
+   ``V = ∓ η T/(2n) · (p̄(j−1) → w-slot of v_jk)``; relu(s) − relu(−s) = s gives
+   ``w ← w − η/(2n) Σ_i s̄_i(j)[k] p̄_i(j−1) = w − η ∇L_n(w)`` (T = n + m tokens).
+6. ``project``, MLP: ``w ← w − relu(w − B) + relu(−w − B)`` (= clip(w, −B, B)) and every scratch coordinate
+   z ← z − relu(z) + relu(−z) = 0, exactly.
+
+``readout=True`` appends the N ``fwd`` layers once more, so that the query tokens end with p̄(N) = f(w̄_L, x_q).
+
+**Deviations from the paper, and why**
+
+* Token form of ReLU attention (query from h_i, keys from h_s): the matrix form printed in the paper swaps the roles
+  of Q and K and breaks the construction (construction notes, pitfall P1).
+* Sum-of-ReLU fits are piecewise-linear interpolants with ``knots`` units on a per-layer interval ``[−R_j, R_j]``
+  (error O(knots⁻²)); the paper's existence proof gives Õ(ε⁻²) heads. Activations: sigmoid, tanh, softplus, gelu
+  as in the paper, plus relu (exact r, r′ a ramp of width 1e-6: beyond Theorem 1, exact unless a
+  pre-activation falls in (0, 1e-6)) and identity.
+* The projection set is the ℓ∞ box |w| ≤ B (exactly a ReLU MLP), not the paper's ℓ2 ball; ``box=None`` means no
+  projection. The same MLP erases the scratch slots (the paper leaves this implicit).
+* Any ``w0`` may be placed in the tokens (the paper's w⁰ = 0 keeps every hidden unit identical).
+* The loss derivative is gated off the query token by the MLP's −R3(1 − t) term with R3 derived from the fits.
+* The read-out layers (the paper has none).
+* The step's value matrices carry −ηT/(2n), which depends on the prompt size: the model sets it from the ``t``
+  slot on every call (all prompts of a batch share n and T).
+* The 2N+4 layers of a step are one set of modules shared by all L steps; ``model.layers`` lists the full sequence.
+* Fit intervals: if a pre-activation leaves ``[−R_j, R_j]`` during a run, :class:`~icgd.errors.FitRangeError` is
+  raised (checked from the tokens after the ``fwd`` layers of every step) instead of returning wrong weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from icgd._checks import as_float_tensor, batched, check_last_dim, positive_float, positive_int
+from icgd.constructions.fits import ReluFit, activation_fits
+from icgd.errors import FitRangeError, ShapeError, SpecError
+from icgd.layers import EWML, MLP, HeadBank, ReLUAttention, RowMap, Transformer, ValueMap
+from icgd.nets import NetSpec, unflatten
+from icgd.tokens import Layout, pack_prompt
+
+DEFAULT_KNOTS = 64
+
+
+def wu_layout(spec: NetSpec) -> Layout:
+    """The token layout of the construction (see the module docstring)."""
+    N = spec.depth
+    outs = [o for o, _ in spec.shapes]
+    slots = [("x", spec.d_in), ("y", spec.d_out)]
+    slots += [(f"w{j}", o * i) for j, (o, i) in enumerate(spec.shapes, start=1)]
+    for prefix in ("p", "r"):
+        slots += [(f"{prefix}{j}", outs[j - 1]) for j in range(1, N + 1)]
+    slots += [("g", spec.d_out)]
+    slots += [(f"s{j}", outs[j - 1]) for j in range(1, N + 1)]
+    slots += [("one", 1), ("t", 1)]
+    groups = {name: tuple(f"{name}{j}" for j in range(1, N + 1)) for name in ("w", "p", "r", "s")}
+    return Layout(slots, groups)
+
+
+def fit_ranges_from_box(spec: NetSpec, box: float, x_bound: float) -> list[float]:
+    """A-priori per-layer bounds R_j ≥ |v_jk · p(j−1)| valid for the whole run because |w| ≤ box:
+    R_1 = d_in·B·x_bound and R_j = in_j·B·max_{|t|≤R_{j−1}} |r(t)|."""
+    ranges, bound = [], x_bound
+    for j, (_, i) in enumerate(spec.shapes, start=1):
+        R = max(i * box * bound, 1e-3)
+        ranges.append(R)
+        t = torch.linspace(-R, R, 4097, dtype=torch.float64)
+        bound = float(spec.layer_act(j)(t).abs().max())
+    return ranges
+
+
+def fit_ranges_from_data(spec: NetSpec, X: torch.Tensor, weights: torch.Tensor, margin: float = 1.25) -> list[float]:
+    """Per-layer intervals from data: `margin` × the largest |pre-activation| of layer j over the inputs `X`
+    ``(B, n, d_in)`` and every weight vector in `weights` ``(B, L, D_w)`` (e.g. a reference GD trajectory)."""
+    X = as_float_tensor(X, "X")
+    X, _ = batched(X, "X", 2)
+    W = as_float_tensor(weights, "weights", X.dtype)
+    if W.dim() == 2:
+        W = W[:, None]
+    if W.dim() != 3 or W.shape[0] != X.shape[0]:
+        raise ShapeError(f"weights must be (B, L, D_w) for {X.shape[0]} prompts, got {tuple(W.shape)}")
+    Bsz, L, _ = W.shape
+    p = X[:, None].expand(Bsz, L, *X.shape[1:]).reshape(Bsz * L, *X.shape[1:])
+    ranges = []
+    for j, V in enumerate(unflatten(spec, W.reshape(Bsz * L, -1)), start=1):
+        u = p @ V.transpose(-1, -2)
+        ranges.append(max(margin * float(u.abs().max()), 1e-3))
+        p = spec.layer_act(j)(u)
+    return ranges
+
+
+# --------------------------------------------------------------------------------------------- head builders
+
+
+def _rowmap(dim: int, groups: Sequence[Sequence[tuple[int, float]]], dtype) -> RowMap:
+    """One row per (index, coef) pair — the construction's rows each read a single coordinate; groups are padded
+    with zero rows."""
+    r = max(len(g) for g in groups)
+    idx = torch.zeros(len(groups), r, 1, dtype=torch.long)
+    coef = torch.zeros(len(groups), r, 1, dtype=dtype)
+    for gi, rows in enumerate(groups):
+        for ri, (i, c) in enumerate(rows):
+            idx[gi, ri, 0], coef[gi, ri, 0] = i, c
+    return RowMap(dim, idx=idx, coef=coef)
+
+
+def _valuemap(dim: int, groups: Sequence[Sequence[tuple[int, int, float]]], dtype) -> ValueMap:
+    e = max(len(g) for g in groups)
+    src = torch.zeros(len(groups), e, dtype=torch.long)
+    dst = torch.zeros(len(groups), e, dtype=torch.long)
+    coef = torch.zeros(len(groups), e, dtype=dtype)
+    for gi, entries in enumerate(groups):
+        for ei, (s, d, c) in enumerate(entries):
+            src[gi, ei], dst[gi, ei], coef[gi, ei] = s, d, c
+    return ValueMap(dim, src=src, dst=dst, coef=coef)
+
+
+def _bank(dim, q_rows, k_rows, values, dtype, *, alpha=None, c=None, block=None) -> HeadBank:
+    q, k, v = _rowmap(dim, q_rows, dtype), _rowmap(dim, k_rows, dtype), _valuemap(dim, values, dtype)
+    if block is not None:
+        block = torch.tensor([b + [0] * (q.rows - len(b)) for b in block], dtype=torch.long)
+    return HeadBank(q, k, v, alpha=alpha, c=c, block=block)
+
+
+def _fit_heads(fits: Sequence[ReluFit], dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``alpha (G, H, 2)`` and ``c (G, H)`` for groups using the given fits; shorter fits are padded with zero
+    heads."""
+    H = max(f.units for f in fits)
+    alpha = torch.zeros(len(fits), H, 2, dtype=dtype)
+    c = torch.zeros(len(fits), H, dtype=dtype)
+    for g, f in enumerate(fits):
+        alpha[g, : f.units, 0], alpha[g, : f.units, 1], c[g, : f.units] = f.a1, f.a2, f.c
+    return alpha, c
+
+
+class _Builder:
+    """Builds the layers of one GD step for a spec and a layout."""
+
+    def __init__(self, spec: NetSpec, layout: Layout, dtype: torch.dtype):
+        self.spec, self.L, self.dtype = spec, layout, dtype
+        self.D = layout.dim
+        self.one = layout.index("one")
+        self.t = layout.index("t")
+
+    def prev(self, j: int, q: int) -> int:
+        """Coordinate of p̄(j−1)[q] (p̄(0) = x)."""
+        return self.L.index("x" if j == 1 else f"p{j - 1}", q)
+
+    def w(self, j: int, k: int, q: int) -> int:
+        """Coordinate of V_j[k, q] in the token."""
+        return self.L.slice("w").start + self.spec.weight_index(j, k, q)
+
+    def preact_rows(self, j: int, k: int) -> tuple[list, list, list]:
+        """Query rows ``[p̄(j−1); 1]``, key rows ``[v_jk; 1]`` and row blocks ``[0 … 0, 1]`` of the unit (j, k)."""
+        n_in = self.spec.shapes[j - 1][1]
+        q = [(self.prev(j, i), 1.0) for i in range(n_in)] + [(self.one, 1.0)]
+        k_ = [(self.w(j, k, i), 1.0) for i in range(n_in)] + [(self.one, 1.0)]
+        return q, k_, [0] * n_in + [1]
+
+    def forward_layer(self, j: int, fit: ReluFit) -> ReLUAttention:
+        out_j = self.spec.shapes[j - 1][0]
+        rows = [self.preact_rows(j, k) for k in range(out_j)]
+        values = [[(self.one, self.L.index(f"p{j}", k), 1.0)] for k in range(out_j)]
+        alpha, c = _fit_heads([fit] * out_j, self.dtype)
+        bank = _bank(self.D, [r[0] for r in rows], [r[1] for r in rows], values, self.dtype,
+                     alpha=alpha, c=c, block=[r[2] for r in rows])
+        return ReLUAttention(bank)
+
+    def deriv_layer(self, dfits: Sequence[ReluFit]) -> ReLUAttention:
+        units = [(j, k) for j in range(1, self.spec.depth + 1) for k in range(self.spec.shapes[j - 1][0])]
+        rows = [self.preact_rows(j, k) for j, k in units]
+        values = [[(self.one, self.L.index(f"r{j}", k), 1.0)] for j, k in units]
+        alpha, c = _fit_heads([dfits[j - 1] for j, _ in units], self.dtype)
+        bank = _bank(self.D, [r[0] for r in rows], [r[1] for r in rows], values, self.dtype,
+                     alpha=alpha, c=c, block=[r[2] for r in rows])
+        return ReLUAttention(bank)
+
+    def loss_layer(self, R3: float) -> MLP:
+        d = self.spec.d_out
+        W1 = torch.zeros(2 * d, self.D, dtype=self.dtype)
+        W2 = torch.zeros(self.D, 2 * d, dtype=self.dtype)
+        for k in range(d):
+            for u, sign in ((2 * k, 1.0), (2 * k + 1, -1.0)):
+                W1[u, self.L.index(f"p{self.spec.depth}", k)] = 2.0 * sign
+                W1[u, self.L.index("y", k)] = -2.0 * sign
+                W1[u, self.one] = -R3
+                W1[u, self.t] = R3
+                W2[self.L.index("g", k), u] = sign
+        return MLP.from_weights(W1, W2, trainable=False)
+
+    def back_layer(self, j: int) -> EWML:
+        N, shapes = self.spec.depth, self.spec.shapes
+        out_j = shapes[j - 1][0]
+        if j == N:
+            q = [[(self.L.index("g", k), 1.0)] for k in range(out_j)]
+            k_ = [[(self.one, 1.0)] for _ in range(out_j)]
+        else:
+            out_next = shapes[j][0]
+            q = [[(self.w(j + 1, i, k), 1.0) for i in range(out_next)] for k in range(out_j)]
+            k_ = [[(self.L.index(f"s{j + 1}", i), 1.0) for i in range(out_next)] for _ in range(out_j)]
+        values = [[(self.L.index(f"r{j}", k), self.L.index(f"s{j}", k), 1.0)] for k in range(out_j)]
+        return EWML(_bank(self.D, q, k_, values, self.dtype))
+
+    def step_layer(self) -> ReLUAttention:
+        units = [(j, k) for j in range(1, self.spec.depth + 1) for k in range(self.spec.shapes[j - 1][0])]
+        q = [[(self.one, 1.0)] for _ in units]
+        k_ = [[(self.L.index(f"s{j}", k), 1.0)] for j, k in units]
+        values = [[(self.prev(j, i), self.w(j, k, i), 1.0) for i in range(self.spec.shapes[j - 1][1])]
+                  for j, k in units]
+        alpha = torch.tensor([[1.0], [-1.0]], dtype=self.dtype).expand(len(units), 2, 1).clone()
+        c = torch.tensor([1.0, -1.0], dtype=self.dtype).expand(len(units), 2).clone()  # scaled per prompt size
+        return ReLUAttention(_bank(self.D, q, k_, values, self.dtype, alpha=alpha, c=c))
+
+    def project_layer(self, box: float | None) -> MLP:
+        w = self.L.slice("w")
+        scratch = [i for name in ("p", "r", "g", "s") for i in range(self.L.slice(name).start, self.L.slice(name).stop)]
+        coords = ([(i, box) for i in range(w.start, w.stop)] if box is not None else []) + [(i, 0.0) for i in scratch]
+        W1 = torch.zeros(2 * len(coords), self.D, dtype=self.dtype)
+        W2 = torch.zeros(self.D, 2 * len(coords), dtype=self.dtype)
+        for u, (i, bound) in enumerate(coords):
+            # z − relu(z − b) + relu(−z − b): clip to [−b, b]; with b = 0 this erases z exactly
+            W1[2 * u, i], W1[2 * u, self.one] = 1.0, -bound
+            W1[2 * u + 1, i], W1[2 * u + 1, self.one] = -1.0, -bound
+            W2[i, 2 * u], W2[i, 2 * u + 1] = -1.0, 1.0
+        return MLP.from_weights(W1, W2, trainable=False)
+
+
+ROLES = ("fwd", "deriv", "loss", "back", "step", "project")
+
+
+class ConstructedICGD(Transformer):
+    """The transformer built by :func:`deep_gd`. Gradient descent happens only inside its layers."""
+
+    def __init__(self, spec: NetSpec, *, eta: float, steps: int, box: float | None, knots: int,
+                 fit_ranges: list[float], x_bound: float | None, y_bound: float | None, readout: bool,
+                 dtype: torch.dtype, ramp: float = 1e-6):
+        layout = wu_layout(spec)
+        b = _Builder(spec, layout, dtype)
+        N = spec.depth
+        fits = [activation_fits(spec.layer_act(j), fit_ranges[j - 1], knots, ramp=ramp, dtype=dtype)
+                for j in range(1, N + 1)]
+        R3 = 2.0 * (2.0 * fits[-1][0].sup_abs() + 1.0)  # > |2 p̄N| on the query token, with a factor 2 to spare
+        fwd = [b.forward_layer(j, fits[j - 1][0]) for j in range(1, N + 1)]
+        block = [*fwd, b.deriv_layer([f[1] for f in fits]), b.loss_layer(R3),
+                 *[b.back_layer(j) for j in range(N, 0, -1)], b.step_layer(), b.project_layer(box)]
+        roles = ([f"fwd {j}" for j in range(1, N + 1)] + ["deriv", "loss"]
+                 + [f"back {j}" for j in range(N, 0, -1)] + ["step", "project"])
+        layers = block * steps + (fwd if readout else [])
+        super().__init__(layers, dim=layout.dim)
+        self.spec, self.layout, self.eta, self.steps, self.box = spec, layout, eta, steps, box
+        self.knots, self.fit_ranges, self.x_bound, self.y_bound = knots, fit_ranges, x_bound, y_bound
+        self.readout, self.dtype, self.R3 = readout, dtype, R3
+        self.fits = fits
+        self.block_size = len(block)
+        self.roles = roles * steps + ([f"readout {j}" for j in range(1, N + 1)] if readout else [])
+        self._step_layer: ReLUAttention = block[-2]
+        self._step_sign = self._step_layer.heads.c.detach().clone()
+        self._prompt_size: tuple[int, int] | None = None
+
+    # ----------------------------------------------------------------------------------------------- running
+
+    def _set_prompt_size(self, n: int, T: int) -> None:
+        """The step layer's value scale −ηT/(2n) (paper: −η(n+1)/(2n)) for n context tokens out of T."""
+        if self._prompt_size == (n, T):
+            return
+        c = self._step_sign * (-self.eta * T / (2.0 * n))
+        self._step_layer.heads.c = nn.Parameter(c, requires_grad=False)
+        self._prompt_size = (n, T)
+
+    def _prepare(self, tokens: torch.Tensor) -> None:
+        flags = tokens[..., self.layout.index("t")]
+        n = int(flags[0].sum().round())
+        if not torch.equal(flags.sum(-1), flags.new_full((tokens.shape[0],), float(n))) or n < 1:
+            raise ShapeError("every prompt of a batch must have the same number (>= 1) of context tokens (t = 1)")
+        self._set_prompt_size(n, tokens.shape[1])
+
+    def forward(self, tokens: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        self._check(tokens)
+        self._prepare(tokens)
+        return super().forward(tokens, start, stop)
+
+    def _check_range(self, tokens: torch.Tensor, step: int) -> None:
+        """Raise if a pre-activation of the current step left its fit interval (uses p̄ read from the tokens)."""
+        w = tokens[:, 0, self.layout.slice("w")]
+        for j, V in enumerate(unflatten(self.spec, w), start=1):
+            prev = self.layout.read(tokens, "x" if j == 1 else f"p{j - 1}")
+            u = float((prev @ V.transpose(-1, -2)).abs().max())
+            R = self.fit_ranges[j - 1]
+            if u > R * (1 + 1e-9):
+                where = f"GD step {step + 1}" if step < self.steps else "the read-out"
+                raise FitRangeError(
+                    f"layer {j}'s pre-activation reached |v·p| = {u:.4g} at {where}, outside the fit interval "
+                    f"[-{R:.4g}, {R:.4g}]; the result would be wrong. Build the model with a larger x_bound or "
+                    f"fit_range, or a smaller box")
+
+    def _check_inputs(self, X: torch.Tensor, Y: torch.Tensor, xq: torch.Tensor | None) -> None:
+        xs = X if xq is None else torch.cat([X, xq], dim=1)
+        if self.x_bound is not None and xs.numel() and float(xs.abs().max()) > self.x_bound:
+            raise FitRangeError(f"an input has |x| = {float(xs.abs().max()):.4g} > x_bound = {self.x_bound}; "
+                                f"rebuild the model with a larger x_bound or rescale the data")
+        if self.y_bound is not None and float(Y.abs().max()) > self.y_bound:
+            raise FitRangeError(f"a target has |y| = {float(Y.abs().max()):.4g} > y_bound = {self.y_bound}; "
+                                f"rebuild the model with a larger y_bound or rescale the data")
+
+    def tokens_for(self, X, Y, w0, x_query=None) -> tuple[torch.Tensor, bool]:
+        """Pack a prompt into this model's tokens; returns the tokens and whether the inputs were unbatched."""
+        X = as_float_tensor(X, "X", self.dtype)
+        single = X.dim() == 2
+        X, _ = batched(X, "X", 2)
+        Y, _ = batched(as_float_tensor(Y, "Y", self.dtype), "Y", 2)
+        check_last_dim(X, "X", self.spec.d_in, "spec.d_in")
+        check_last_dim(Y, "Y", self.spec.d_out, "spec.d_out")
+        w0, _ = batched(as_float_tensor(w0, "w0", self.dtype), "w0", 1)
+        check_last_dim(w0, "w0", self.spec.num_params, "spec.num_params")
+        if X.shape[1] < 1:
+            raise ShapeError("the prompt needs at least one (x, y) pair")
+        xq = None
+        if x_query is not None:
+            xq, _ = batched(as_float_tensor(x_query, "x_query", self.dtype), "x_query", 2)
+        self._check_inputs(X, Y, xq)
+        if self.box is not None and float(w0.abs().max()) > self.box:
+            raise FitRangeError(f"w0 has an entry of size {float(w0.abs().max()):.4g} outside the box {self.box}; "
+                                f"clip it first: w0.clamp(-box, box)")
+        device = self.layout_device()
+        tokens = pack_prompt(self.layout, X, Y, xq, w=w0).to(device)
+        return tokens, single
+
+    def layout_device(self) -> torch.device:
+        return self._step_layer.heads.c.device
+
+    def _run(self, tokens: torch.Tensor, record: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        self._prepare(tokens)
+        N, S = self.spec.depth, self.block_size
+        ws = [tokens[:, 0, self.layout.slice("w")]]
+        h = tokens
+        for step in range(self.steps):
+            h = Transformer.forward(self, h, step * S, step * S + N)
+            self._check_range(h, step)
+            h = Transformer.forward(self, h, step * S + N, (step + 1) * S)
+            if record:
+                ws.append(h[:, 0, self.layout.slice("w")])
+        if self.readout:
+            h = Transformer.forward(self, h, self.steps * S)
+            self._check_range(h, self.steps)
+        return h, ws
+
+    def trace(self, X, Y, w0) -> torch.Tensor:
+        """Weights read from the ``w`` slot after every GD block, ``(B, steps+1, D_w)`` (index 0 = `w0`)."""
+        tokens, single = self.tokens_for(X, Y, w0)
+        _, ws = self._run(tokens, record=True)
+        out = torch.stack(ws, dim=1)
+        return out[0] if single else out
+
+    def predict(self, X, Y, x_query, w0) -> torch.Tensor:
+        """f(w̄_L, x_query) read from the query tokens' p̄(N) slot after the read-out layers, ``(B, m, d_out)``."""
+        if not self.readout:
+            raise SpecError("this model was built with readout=False; build it with readout=True to predict")
+        tokens, single = self.tokens_for(X, Y, w0, x_query)
+        n = X.shape[-2]
+        h, _ = self._run(tokens, record=False)
+        out = self.layout.read(h, f"p{self.spec.depth}")[:, n:]
+        return out[0] if single else out
+
+    def summary(self) -> list[dict]:
+        rows = super().summary()
+        for row, role in zip(rows, self.roles):
+            row["role"] = role
+        return rows
+
+    def block_summary(self) -> list[dict]:
+        """The 2N+4 layers of one GD step (rows of :meth:`summary`)."""
+        return self.summary()[: self.block_size]
+
+
+def deep_gd(spec: NetSpec, *, eta: float, steps: int, box: float | None = None, knots: int = DEFAULT_KNOTS,
+            x_bound: float | None = None, y_bound: float | None = None, readout: bool = True,
+            dtype: torch.dtype = torch.float64, fit_range: float | Sequence[float] | None = None) -> ConstructedICGD:
+    """The (2N+4)·steps-layer transformer of Wu et al.'s Theorem 1 (+ N read-out layers) for the network `spec`.
+
+    Its forward pass runs ``w ← clip(w − η ∇L_n(w), −box, box)``, ``L_n(w) = 1/(2n) Σ_i ‖f(w, x_i) − y_i‖²``, on
+    the prompt in its tokens. Fit intervals, per layer: `fit_range` if given (one number or one per layer), else
+    derived a priori from `box` and `x_bound` (|x| ≤ x_bound); see :func:`fit_ranges_from_data` for data-driven
+    ones. `knots` ReLU units per fitted function. See the module docstring for the layers and every deviation.
+    """
+    if not isinstance(spec, NetSpec):
+        raise SpecError(f"spec must be an icgd.nets.NetSpec, got {type(spec).__name__}")
+    eta = positive_float(eta, "eta")
+    steps = positive_int(steps, "steps", minimum=0)
+    knots = positive_int(knots, "knots", minimum=2)
+    box = None if box is None else positive_float(box, "box")
+    x_bound = None if x_bound is None else positive_float(x_bound, "x_bound")
+    y_bound = None if y_bound is None else positive_float(y_bound, "y_bound")
+    if dtype not in (torch.float32, torch.float64):
+        raise SpecError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    if fit_range is not None:
+        ranges = [fit_range] * spec.depth if isinstance(fit_range, (int, float)) else list(fit_range)
+        if len(ranges) != spec.depth:
+            raise SpecError(f"fit_range needs one value per layer ({spec.depth}), got {len(ranges)}")
+        ranges = [positive_float(r, "fit_range") for r in ranges]
+    elif box is not None and x_bound is not None:
+        ranges = fit_ranges_from_box(spec, box, x_bound)
+    else:
+        raise SpecError("cannot derive the fit interval: pass box and x_bound (a-priori bound), or fit_range "
+                        "(e.g. from icgd.constructions.fit_ranges_from_data)")
+    return ConstructedICGD(spec, eta=eta, steps=steps, box=box, knots=knots, fit_ranges=ranges, x_bound=x_bound,
+                           y_bound=y_bound, readout=readout, dtype=dtype)

@@ -1,0 +1,41 @@
+"""Every error icgd raises. The CLI turns any of them into one line on stderr and exit code 2.
+
+Each class also derives from the built-in exception a Python user would expect (``ValueError`` for bad values,
+``ArithmeticError`` for numerical trouble), so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+
+class ICGDError(Exception):
+    """Base class of every error raised on purpose by icgd."""
+
+
+class ShapeError(ICGDError, ValueError):
+    """A tensor has the wrong number of dimensions or the wrong size along one of them."""
+
+
+class SpecError(ICGDError, ValueError):
+    """A network specification or construction hyper-parameter is invalid (depth < 1, negative width, ...)."""
+
+
+class UnknownActivationError(SpecError, KeyError):
+    """An activation name that icgd does not know."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class NonFiniteError(ICGDError, ValueError):
+    """An input holds NaN or infinity."""
+
+
+class FitRangeError(ICGDError, ArithmeticError):
+    """A pre-activation left the interval on which a sum-of-ReLU fit is valid: the result would be wrong."""
+
+
+class LayoutError(ICGDError, KeyError):
+    """A token slot name that the layout does not have, or a slot defined twice."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

@@ -1,0 +1,12 @@
+"""The layer library: one class per equation of the papers, all residual, all ``(B, T, D) → (B, T, D)``."""
+
+from icgd.layers.attention import KernelAttention, LinearAttention, ReLUAttention, SoftmaxAttention
+from icgd.layers.ewml import EWML
+from icgd.layers.heads import HeadBank, RowMap, ValueMap
+from icgd.layers.mlp import MLP
+from icgd.layers.transformer import ActivationCache, HookPoint, Transformer
+
+__all__ = [
+    "ActivationCache", "EWML", "HeadBank", "HookPoint", "KernelAttention", "LinearAttention", "MLP",
+    "ReLUAttention", "RowMap", "SoftmaxAttention", "Transformer", "ValueMap",
+]

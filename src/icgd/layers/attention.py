@@ -1,0 +1,260 @@
+"""Attention layers, all residual and all ``(B, T, D) → (B, T, D)``; every sum over heads is vectorised.
+
+* :class:`ReLUAttention` — Bai et al. Def. 1 / Wu et al. Def. 7, with compact :class:`~icgd.layers.heads.HeadBank`
+  storage for thousands of sparse heads.
+* :class:`SoftmaxAttention` — standard multi-head attention with an output projection.
+* :class:`KernelAttention` — Cheng, Chen & Sra: a kernel score ``κ(q_i, k_s)`` (linear, relu, exp, rbf or any
+  callable), normalised by the number of keys.
+* :class:`LinearAttention` — von Oswald et al.'s LSA (the ``linear`` kernel), with the ``P``/``Q`` parametrisation.
+
+Key masks: ``causal=True`` lets token i see tokens s ≤ i; ``key_flag=c`` (a coordinate index, e.g. the layout's
+``t`` slot) lets only tokens whose coordinate c is nonzero act as keys — the query tokens of a prompt then read the
+context without being read. Normalised layers divide by the number of keys each token sees.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from icgd.errors import ShapeError, SpecError
+from icgd.layers.heads import HeadBank
+
+_CHUNK_ELEMENTS = 1 << 23  # score elements materialised at once when mixing many heads
+
+
+def key_mask(h: torch.Tensor, causal: bool, key_flag: int | None) -> torch.Tensor | None:
+    """Boolean ``(B, T, S)`` mask of the keys each token may read, or None when every token reads every token."""
+    if not causal and key_flag is None:
+        return None
+    B, T, _ = h.shape
+    mask = torch.ones(B, T, T, dtype=torch.bool, device=h.device)
+    if causal:
+        mask = mask & torch.ones(T, T, dtype=torch.bool, device=h.device).tril()
+    if key_flag is not None:
+        mask = mask & (h[..., key_flag] != 0)[:, None, :]
+    return mask
+
+
+def mix_heads(U: torch.Tensor, alpha: torch.Tensor, c: torch.Tensor, act: Callable | None) -> torch.Tensor:
+    """``Σ_h c_{g,h} act(Σ_b α_{g,h,b} U_{g,b})`` for block scores ``U (B, G, nb, …)`` → ``(B, G, …)``.
+
+    Heads are processed in chunks so that at most ``_CHUNK_ELEMENTS`` scores exist at once."""
+    B, G, nb = U.shape[:3]
+    rest = U.shape[3:]
+    Uf = U.reshape(B, G, nb, -1)
+    if act is None:  # linear in the scores: fold the heads first
+        return torch.einsum("gn,bgnx->bgx", torch.einsum("gh,ghn->gn", c, alpha), Uf).reshape(B, G, *rest)
+    H = alpha.shape[1]
+    step = max(1, _CHUNK_ELEMENTS // max(1, B * G * Uf.shape[-1]))
+    out = None
+    for h0 in range(0, H, step):
+        S = act(torch.einsum("ghn,bgnx->bghx", alpha[:, h0:h0 + step], Uf))
+        part = torch.einsum("gh,bghx->bgx", c[:, h0:h0 + step], S)
+        out = part if out is None else out + part
+    return out.reshape(B, G, *rest)
+
+
+def _invariant(t: torch.Tensor) -> bool:
+    """True when every token has exactly the same rows (dimension 1 is the token axis)."""
+    return t.shape[1] == 1 or torch.equal(t, t[:, :1].expand_as(t))
+
+
+class ReLUAttention(nn.Module):
+    """``h_i + (1/T) Σ_m Σ_s relu(⟨Q_m h_i, K_m h_s⟩) V_m h_s`` (Bai et al. Def. 1; Wu et al. Def. 7).
+
+    No softmax, no 1/√d. With ``causal=True`` token i sums over s ≤ i and divides by i + 1.
+
+    Two exact shortcuts are taken when the input allows them (checked on every call, bit for bit): when every
+    token has the same key rows, ``Σ_s relu(⟨q_i, k⟩) V h_s = relu(⟨q_i, k⟩) Σ_s V h_s``; when every token has the
+    same query rows, the output is the same for all tokens and is computed once. Both cost O(T) instead of O(T²)
+    per head; the constructions of :mod:`icgd.constructions` rely on them (their keys read the replicated weights).
+    """
+
+    def __init__(self, heads: HeadBank, *, causal: bool = False):
+        super().__init__()
+        self.heads = heads
+        self.causal = causal
+
+    @classmethod
+    def from_dense(cls, Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, *, causal: bool = False,
+                   trainable: bool = False) -> ReLUAttention:
+        """From per-head dense ``Q, K (M, r, D)`` and ``V (M, D, D)``."""
+        return cls(HeadBank.from_dense(Q, K, V, trainable=trainable), causal=causal)
+
+    @property
+    def num_heads(self) -> int:
+        return self.heads.num_heads
+
+    def _norm(self, T: int, like: torch.Tensor) -> torch.Tensor:
+        """Number of keys each token sees, shaped to divide ``(B, T, G, e)``."""
+        if self.causal:
+            return torch.arange(1, T + 1, dtype=like.dtype, device=like.device)[:, None, None]
+        return like.new_tensor(float(T))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        hb = self.heads
+        qh, kh, vals = hb.project(h)  # (B, T, G, r), (B, T, G, r), (B, T, G, e)
+        T = h.shape[1]
+        norm = self._norm(T, h)
+        relu = torch.relu
+        if _invariant(kh):
+            U = torch.einsum("bigr,bgr,grn->bgni", qh, kh[:, 0], hb.onehot)
+            A = mix_heads(U, hb.alpha, hb.c, relu)  # (B, G, T): weight of token i, the same for every key
+            vsum = vals.cumsum(1) if self.causal else vals.sum(1, keepdim=True)
+            out = A.transpose(1, 2)[..., None] * (vsum / norm)
+        elif _invariant(qh):
+            U = torch.einsum("bgr,bsgr,grn->bgns", qh[:, 0], kh, hb.onehot)
+            a = mix_heads(U, hb.alpha, hb.c, relu)  # (B, G, S): weight of key s, the same for every token
+            weighted = a.transpose(1, 2)[..., None] * vals
+            if self.causal:
+                out = weighted.cumsum(1) / norm
+            else:
+                out = (weighted.sum(1, keepdim=True) / norm).expand_as(vals)
+        else:
+            U = torch.einsum("bigr,bsgr,grn->bgnis", qh, kh, hb.onehot)
+            A = mix_heads(U, hb.alpha, hb.c, relu)  # (B, G, T, S)
+            if self.causal:
+                A = A * torch.ones(T, T, dtype=A.dtype, device=A.device).tril()
+            out = torch.einsum("bgis,bsge->bige", A, vals) / norm
+        return h + hb.v.emit(out)
+
+    def extra_repr(self) -> str:
+        return f"heads={self.num_heads}, dim={self.heads.dim}, causal={self.causal}"
+
+
+class _DenseAttention(nn.Module):
+    """Multi-head attention with dense per-head ``W_q, W_k, W_v (H, d_head, D)`` and ``W_o (H, D, d_head)``."""
+
+    def __init__(self, dim: int, n_heads: int = 1, d_head: int | None = None, *, causal: bool = False,
+                 key_flag: int | None = None, generator: torch.Generator | None = None,
+                 dtype: torch.dtype | None = None):
+        super().__init__()
+        if dim < 1 or n_heads < 1:
+            raise SpecError(f"dim and n_heads must be >= 1, got dim={dim}, n_heads={n_heads}")
+        if key_flag is not None and not 0 <= key_flag < dim:
+            raise SpecError(f"key_flag must be a coordinate in [0, {dim}), got {key_flag}")
+        d_head = d_head or max(1, dim // n_heads)
+        self.dim, self.n_heads, self.d_head = dim, n_heads, d_head
+        self.causal, self.key_flag = causal, key_flag
+        dtype = dtype or torch.get_default_dtype()
+
+        def init(*shape: int, fan_in: int) -> nn.Parameter:
+            return nn.Parameter(torch.randn(*shape, generator=generator, dtype=dtype) / math.sqrt(fan_in))
+
+        self.W_q = init(n_heads, d_head, dim, fan_in=dim)
+        self.W_k = init(n_heads, d_head, dim, fan_in=dim)
+        self.W_v = init(n_heads, d_head, dim, fan_in=dim)
+        self.W_o = init(n_heads, dim, d_head, fan_in=d_head * n_heads)
+
+    @property
+    def num_heads(self) -> int:
+        return self.n_heads
+
+    def weights(self, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Attention weights ``(B, H, T, S)`` from ``q, k (B, H, T, d_head)``."""
+        raise NotImplementedError
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if h.dim() != 3 or h.shape[-1] != self.dim:
+            raise ShapeError(f"tokens must be (B, T, {self.dim}), got {tuple(h.shape)}")
+        q = torch.einsum("btd,hed->bhte", h, self.W_q)
+        k = torch.einsum("btd,hed->bhte", h, self.W_k)
+        v = torch.einsum("btd,hed->bhte", h, self.W_v)
+        z = self.weights(q, k, key_mask(h, self.causal, self.key_flag)) @ v
+        return h + torch.einsum("bhte,hde->btd", z, self.W_o)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, heads={self.n_heads}, d_head={self.d_head}, causal={self.causal}"
+
+
+class SoftmaxAttention(_DenseAttention):
+    """``h_i + Σ_m W_o^m Σ_s softmax_s(⟨W_q^m h_i, W_k^m h_s⟩ / √d_head) W_v^m h_s`` (Vaswani et al.).
+
+    A token that may read no key (possible only with `key_flag`) gets a zero update."""
+
+    def weights(self, q, k, mask):
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.d_head)
+        if mask is not None:
+            scores = scores.masked_fill(~mask[:, None], float("-inf"))
+        return torch.softmax(scores, dim=-1).nan_to_num(0.0)
+
+
+def _linear(q, k):
+    return q @ k.transpose(-1, -2)
+
+
+KERNELS: dict[str, Callable[..., torch.Tensor]] = {
+    "linear": lambda q, k, bw: _linear(q, k),
+    "relu": lambda q, k, bw: torch.relu(_linear(q, k)),
+    "exp": lambda q, k, bw: torch.exp(_linear(q, k)),
+    "rbf": lambda q, k, bw: torch.exp(-torch.cdist(q, k) ** 2 / (2 * bw * bw)),
+}
+
+
+class KernelAttention(_DenseAttention):
+    """``h_i + (1/|S_i|) Σ_m W_o^m Σ_{s∈S_i} κ(W_q^m h_i, W_k^m h_s) W_v^m h_s`` (Cheng, Chen & Sra, eq. 3).
+
+    `score` is ``linear`` ⟨q,k⟩, ``relu`` relu⟨q,k⟩, ``exp`` exp⟨q,k⟩, ``rbf`` exp(−‖q−k‖²/(2·bandwidth²)) or a
+    callable ``(q, k) → scores``; S_i is the set of keys token i reads and the sum is divided by its size."""
+
+    def __init__(self, dim: int, n_heads: int = 1, d_head: int | None = None, *,
+                 score: str | Callable = "linear", bandwidth: float = 1.0, **kwargs):
+        super().__init__(dim, n_heads, d_head, **kwargs)
+        if callable(score):
+            self.score_name, self._score = getattr(score, "__name__", "custom"), (lambda q, k, bw: score(q, k))
+        elif score in KERNELS:
+            self.score_name, self._score = score, KERNELS[score]
+        else:
+            raise SpecError(f"unknown kernel score {score!r}; choose one of {', '.join(KERNELS)} or pass a callable")
+        if not bandwidth > 0:
+            raise SpecError(f"bandwidth must be > 0, got {bandwidth}")
+        self.bandwidth = float(bandwidth)
+
+    def weights(self, q, k, mask):
+        w = self._score(q, k, self.bandwidth)
+        T = q.shape[-2]
+        if mask is None:
+            return w / T
+        m = mask[:, None].to(w.dtype)
+        return w * m / m.sum(-1, keepdim=True).clamp(min=1.0)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", score={self.score_name}"
+
+
+class LinearAttention(KernelAttention):
+    """von Oswald et al.'s linear self-attention (LSA):
+    ``e_j + (1/n) Σ_m P_m W_v^m Σ_i e_i e_iᵀ W_k^mᵀ W_q^m e_j`` — no non-linearity, divided by the number of keys
+    (the context tokens when ``key_flag`` is the layout's ``t`` slot).
+
+    In the ``P``/``Q`` form of the paper each head is ``(P_m, Q_m)`` with ``P_m = W_o^m W_v^m`` and
+    ``Q_m = W_k^mᵀ W_q^m``; :meth:`from_pq` builds the layer from them and :meth:`pq` reads them back."""
+
+    def __init__(self, dim: int, n_heads: int = 1, d_head: int | None = None, **kwargs):
+        super().__init__(dim, n_heads, d_head, score="linear", **kwargs)
+
+    @classmethod
+    def from_pq(cls, P: torch.Tensor, Q: torch.Tensor, **kwargs) -> LinearAttention:
+        """Heads from ``P, Q`` of shape ``(D, D)`` or ``(H, D, D)``."""
+        if P.dim() == 2:
+            P, Q = P[None], Q[None]
+        if P.dim() != 3 or P.shape != Q.shape or P.shape[-1] != P.shape[-2]:
+            raise ShapeError(f"P and Q must both be (H, D, D), got {tuple(P.shape)} and {tuple(Q.shape)}")
+        H, D, _ = P.shape
+        layer = cls(D, H, D, dtype=P.dtype, **kwargs)
+        eye = torch.eye(D, dtype=P.dtype).expand(H, D, D)
+        with torch.no_grad():
+            layer.W_q.copy_(Q)
+            layer.W_k.copy_(eye)
+            layer.W_v.copy_(eye)
+            layer.W_o.copy_(P)
+        return layer
+
+    def pq(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(P, Q)`` per head, each ``(H, D, D)``."""
+        with torch.no_grad():
+            return self.W_o @ self.W_v, self.W_k.transpose(-1, -2) @ self.W_q

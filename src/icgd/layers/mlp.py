@@ -1,0 +1,64 @@
+"""Token-wise MLP layers."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from icgd.errors import ShapeError, SpecError
+
+
+class MLP(nn.Module):
+    """``H + W2 relu(W1 H)`` applied to every token (Wu et al. Def. 8; bias-free — a constant-1 token coordinate
+    plays the bias), or ``H + W2 relu(W1 H + b1) + b2`` with ``bias=True``."""
+
+    def __init__(self, dim: int, width: int, *, bias: bool = False, generator: torch.Generator | None = None,
+                 dtype: torch.dtype | None = None):
+        super().__init__()
+        if dim < 1 or width < 0:
+            raise SpecError(f"MLP needs dim >= 1 and width >= 0, got dim={dim}, width={width}")
+        dtype = dtype or torch.get_default_dtype()
+        self.dim, self.width = dim, width
+        self.W1 = nn.Parameter(torch.randn(width, dim, generator=generator, dtype=dtype) / math.sqrt(dim))
+        self.W2 = nn.Parameter(torch.randn(dim, width, generator=generator, dtype=dtype) / math.sqrt(max(width, 1)))
+        self.b1 = nn.Parameter(torch.zeros(width, dtype=dtype)) if bias else None
+        self.b2 = nn.Parameter(torch.zeros(dim, dtype=dtype)) if bias else None
+
+    @classmethod
+    def from_weights(cls, W1: torch.Tensor, W2: torch.Tensor, b1: torch.Tensor | None = None,
+                     b2: torch.Tensor | None = None, trainable: bool = True) -> MLP:
+        if W1.dim() != 2 or W2.dim() != 2 or W2.shape != (W1.shape[1], W1.shape[0]):
+            raise ShapeError(f"need W1 (width, D) and W2 (D, width), got {tuple(W1.shape)} and {tuple(W2.shape)}")
+        layer = cls(W1.shape[1], W1.shape[0], bias=b1 is not None, dtype=W1.dtype)
+        with torch.no_grad():
+            layer.W1.copy_(W1)
+            layer.W2.copy_(W2)
+            if b1 is not None:
+                layer.b1.copy_(b1)
+                layer.b2.copy_(b2 if b2 is not None else torch.zeros_like(layer.b2))
+        layer.requires_grad_(trainable)
+        return layer
+
+    @property
+    def bias(self) -> bool:
+        return self.b1 is not None
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if h.shape[-1] != self.dim:
+            raise ShapeError(f"tokens have dimension {h.shape[-1]}, the MLP expects {self.dim}")
+        z = h @ self.W1.T
+        if self.b1 is not None:
+            z = z + self.b1
+        out = torch.relu(z) @ self.W2.T
+        if self.b2 is not None:
+            out = out + self.b2
+        return h + out
+
+    def num_params(self) -> int:
+        """Nonzero parameters."""
+        return sum(int((p != 0).sum()) for p in self.parameters())
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, width={self.width}, bias={self.bias}"

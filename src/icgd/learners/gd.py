@@ -1,0 +1,62 @@
+"""Projected gradient descent on Wu's N-layer network, by autograd: the reference for :mod:`icgd.constructions`.
+
+    L_n(w) = 1/(2n) Σ_i ‖f(w, x_i) − y_i‖²,    w ← clip(w − η ∇L_n(w), −B, B)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from icgd._checks import as_float_tensor, batched, check_last_dim, positive_float, positive_int
+from icgd.errors import ShapeError
+from icgd.nets import NetSpec, forward_all
+
+
+def _prompt(spec: NetSpec, X, Y, w0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+    """Validate and batch ``(X, Y, w0)``; the flag says whether the inputs were unbatched."""
+    w0 = as_float_tensor(w0, "w0")
+    X, single = batched(as_float_tensor(X, "X", w0.dtype), "X", 2)
+    Y, _ = batched(as_float_tensor(Y, "Y", w0.dtype), "Y", 2)
+    w0, _ = batched(w0, "w0", 1)
+    check_last_dim(X, "X", spec.d_in, "spec.d_in")
+    check_last_dim(Y, "Y", spec.d_out, "spec.d_out")
+    check_last_dim(w0, "w0", spec.num_params, "spec.num_params")
+    B, n = X.shape[:2]
+    if Y.shape[:2] != (B, n):
+        raise ShapeError(f"Y has shape {tuple(Y.shape)}, expected ({B}, {n}, {spec.d_out}) to match X")
+    if n < 1:
+        raise ShapeError("the prompt needs at least one (x, y) pair")
+    if w0.shape[0] not in (1, B):
+        raise ShapeError(f"w0 has {w0.shape[0]} rows but X has {B} prompts")
+    return X, Y, w0.expand(B, -1), single
+
+
+def empirical_risk(spec: NetSpec, w: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """L_n(w) per prompt, ``(B,)``, for batched ``w (B, D_w)``, ``X (B, n, d_in)``, ``Y (B, n, d_out)``."""
+    pred = forward_all(spec, w, X)[-1]
+    return 0.5 * ((pred - Y) ** 2).sum(dim=(-1, -2)) / X.shape[-2]
+
+
+def gd_trajectory(spec: NetSpec, X, Y, w0, eta: float, steps: int, box: float | None = None) -> torch.Tensor:
+    """Iterates of (projected) gradient descent, ``(B, steps+1, D_w)``; index 0 is `w0`.
+
+    Unbatched ``X (n, d_in)``, ``Y (n, d_out)``, ``w0 (D_w,)`` give ``(steps+1, D_w)``. Gradients come from autograd
+    on :func:`empirical_risk`; all prompts are stepped together (the risks of different prompts are independent, so
+    the gradient of their sum is the stack of their gradients). Works in float32 and float64.
+    """
+    X, Y, w, single = _prompt(spec, X, Y, w0)
+    eta = positive_float(eta, "eta")
+    steps = positive_int(steps, "steps", minimum=0)
+    if box is not None:
+        box = positive_float(box, "box")
+    traj = [w]
+    with torch.enable_grad():
+        for _ in range(steps):
+            w = w.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(empirical_risk(spec, w, X, Y).sum(), w)
+            w = w.detach() - eta * grad
+            if box is not None:
+                w = w.clamp(-box, box)
+            traj.append(w)
+    out = torch.stack(traj, dim=1)
+    return out[0] if single else out
