@@ -11,7 +11,8 @@ def as_float_tensor(value, name: str, dtype: torch.dtype | None = None) -> torch
     """Turn `value` into a floating tensor (numpy arrays and lists accepted) and reject NaN/inf."""
     if not isinstance(value, torch.Tensor):
         try:
-            value = torch.as_tensor(value)
+            # convert straight to the requested dtype: a list of floats would otherwise pass through float32
+            value = torch.as_tensor(value, dtype=dtype) if dtype is not None else torch.as_tensor(value)
         except (TypeError, ValueError, RuntimeError) as exc:
             raise ShapeError(f"{name} must be a tensor or array of numbers, got {type(value).__name__}") from exc
     if not value.is_floating_point():

@@ -1,0 +1,152 @@
+"""The ``icgd`` command line. Errors print one line on stderr and exit with status 2."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+import torch
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import icgd
+from icgd.errors import ICGDError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="icgd: transformers that run gradient descent in context, checked against autograd.")
+console = Console()
+
+DeviceOpt = typer.Option("cpu", "--device", help="torch device: cpu, cuda, cuda:1, …")
+
+
+@app.command()
+def version() -> None:
+    """Print the icgd and torch versions."""
+    console.print(f"icgd {icgd.__version__} (torch {torch.__version__})")
+
+
+def _layer_table(summary: list[dict], title: str) -> Table:
+    table = Table(title=title)
+    for col in ("layer", "role", "kind", "heads / width", "D", "nonzero params"):
+        table.add_column(col, justify="right" if col != "kind" and col != "role" else "left")
+    for row in summary:
+        size = row["heads"] if row["heads"] is not None else row["width"]
+        table.add_row(str(row["index"]), row.get("role", ""), row["kind"], str(size), str(row["dim"]),
+                      f"{row['params']:,}")
+    return table
+
+
+def _error_table(res) -> Table:
+    table = Table(title="transformer vs autograd GD, per step")
+    for col in ("step", "rel. weight error", "loss (transformer)", "loss (autograd)"):
+        table.add_column(col, justify="right")
+    for l, (e, a, b) in enumerate(zip(res.rel_error, res.loss_tf, res.loss_gd)):
+        table.add_row(str(l), f"{e:.2e}", f"{a:.6f}", f"{b:.6f}")
+    return table
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo.png"), "--out", help="where to save the figure"),
+    seed: int = typer.Option(0, "--seed", help="seed of the task and of w0"),
+    knots: int = typer.Option(256, "--knots", help="ReLU units per sum-of-ReLU fit"),
+    device: str = DeviceOpt,
+) -> None:
+    """A 3-layer sigmoid network trained for 10 GD steps inside a constructed transformer's forward pass."""
+    from icgd.experiments.wu_construction import ConstructionConfig, run_construction
+    from icgd.plots import plot_demo
+
+    cfg = ConstructionConfig(depth=3, width=8, d_in=3, d_out=3, steps=10, eta=2.0, knots=knots, box=1.0, n=50,
+                             seed=seed, device=device)
+    console.print(f"[bold]icgd demo[/bold]: Wu et al.'s construction, {cfg.depth}-layer sigmoid net "
+                  f"(d_in={cfg.d_in}, width={cfg.width}, d_out={cfg.d_out}), n={cfg.n} points, {cfg.steps} GD steps, "
+                  f"eta={cfg.eta}, box={cfg.box}, knots={knots}")
+    res = run_construction(cfg)
+    n_layers = len(res.summary)
+    console.print(_layer_table(res.summary[: 2 * cfg.depth + 4], f"one GD step = {2 * cfg.depth + 4} layers "
+                               f"(of {n_layers} in all, read-out included)"))
+    console.print(_error_table(res))
+    console.print(f"final relative weight error vs autograd GD: [bold]{res.final_error:.2e}[/bold]; "
+                  f"held-out prediction error max|ŷ_TF − ŷ_GD| = {res.pred_error:.2e}")
+    console.print(f"time: transformer forward {res.seconds_tf * 1e3:.1f} ms, autograd GD {res.seconds_gd * 1e3:.1f} ms")
+    console.print(f"saved {plot_demo(res, out)}")
+
+
+@app.command()
+def construct(
+    kind: str = typer.Argument("deep", help="which construction: deep (Wu et al. Theorem 1)"),
+    depth: int = typer.Option(3, "--depth", help="N, number of weight layers"),
+    width: int = typer.Option(8, "--width", help="K, hidden width"),
+    d_in: int = typer.Option(3, "--d-in"),
+    d_out: int = typer.Option(3, "--d-out"),
+    activation: str = typer.Option("sigmoid", "--activation", help="sigmoid, tanh, relu, gelu, softplus, identity"),
+    steps: int = typer.Option(10, "--steps", help="L, GD steps"),
+    eta: float = typer.Option(2.0, "--eta", help="learning rate"),
+    knots: int = typer.Option(64, "--knots", help="ReLU units per sum-of-ReLU fit"),
+    box: Optional[float] = typer.Option(1.0, "--box", help="projection box |w| <= B; 0 for no projection"),
+    n: int = typer.Option(50, "--n", help="context points"),
+    seed: int = typer.Option(0, "--seed"),
+    sweep: str = typer.Option("16,32,64,128,256", "--sweep", help="knots for the error-vs-knots plot ('' to skip)"),
+    out_dir: Path = typer.Option(Path("construct-out"), "--out-dir", help="where to save the plots"),
+    device: str = DeviceOpt,
+) -> None:
+    """Build a construction for a spec, run it on a random task and compare it with its reference."""
+    from icgd.experiments.wu_construction import ConstructionConfig, knots_sweep, run_construction
+    from icgd.plots import plot_error_vs_knots, plot_error_vs_step
+
+    if kind != "deep":
+        raise ICGDError(f"unknown construction {kind!r}; available: deep")
+    try:
+        sweep_knots = [int(k) for k in sweep.split(",") if k.strip()]
+    except ValueError:
+        raise ICGDError(f"--sweep must be a comma-separated list of integers, got {sweep!r}") from None
+    cfg = ConstructionConfig(depth=depth, width=width, d_in=d_in, d_out=d_out, activation=activation, steps=steps,
+                             eta=eta, knots=knots, box=box or None, n=n, seed=seed, device=device)
+    res = run_construction(cfg)
+    console.print(_layer_table(res.summary, f"{len(res.summary)} layers: {steps} GD steps × {2 * depth + 4} + "
+                                            f"{depth} read-out"))
+    console.print(_error_table(res))
+    console.print(f"fit intervals R_j = {', '.join(f'{r:.3g}' for r in res.fit_ranges)}; final relative error "
+                  f"[bold]{res.final_error:.2e}[/bold]; prediction error {res.pred_error:.2e}")
+    console.print(f"saved {plot_error_vs_step(res, out_dir / 'error_vs_step.png')}")
+    if sweep_knots:
+        errors, slope = knots_sweep(replace(cfg), sweep_knots)
+        table = Table(title="final relative error vs knots")
+        table.add_column("knots", justify="right")
+        table.add_column("error", justify="right")
+        for k, e in zip(sweep_knots, errors):
+            table.add_row(str(k), f"{e:.2e}")
+        console.print(table)
+        console.print(f"log-log slope {slope:.2f} (piecewise-linear interpolation predicts −2)")
+        console.print(f"saved {plot_error_vs_knots(sweep_knots, errors, slope, out_dir / 'error_vs_knots.png')}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, turning usage errors and icgd errors into one line and exit code 2."""
+    try:
+        result = app(args=argv, standalone_mode=False)
+    except typer.Abort:
+        print("icgd: aborted", file=sys.stderr)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except ICGDError as exc:
+        print(f"icgd: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as exc:
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # click's usage errors
+            message = exc.format_message()
+            if not message:  # `icgd` alone: the help was shown
+                sys.exit(0)
+            print(f"icgd: error: {message}", file=sys.stderr)
+            sys.exit(2)
+        raise
+    if isinstance(result, int) and result:
+        sys.exit(result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Runnable experiments: each returns its numbers as data and can draw its figures."""
