@@ -276,7 +276,7 @@ class ConstructedICGD(Transformer):
         self.block_size = len(block)
         self.roles = roles * steps + ([f"readout {j}" for j in range(1, N + 1)] if readout else [])
         self._step_layer: ReLUAttention = block[-2]
-        self._step_sign = self._step_layer.heads.c.detach().clone()
+        self.register_buffer("_step_sign", self._step_layer.heads.c.detach().clone(), persistent=False)
         self._prompt_size: tuple[int, int] | None = None
 
     # ----------------------------------------------------------------------------------------------- running
@@ -343,12 +343,8 @@ class ConstructedICGD(Transformer):
         if self.box is not None and float(w0.abs().max()) > self.box:
             raise FitRangeError(f"w0 has an entry of size {float(w0.abs().max()):.4g} outside the box {self.box}; "
                                 f"clip it first: w0.clamp(-box, box)")
-        device = self.layout_device()
-        tokens = pack_prompt(self.layout, X, Y, xq, w=w0).to(device)
+        tokens = pack_prompt(self.layout, X, Y, xq, w=w0).to(self._step_sign.device)
         return tokens, single
-
-    def layout_device(self) -> torch.device:
-        return self._step_layer.heads.c.device
 
     def _run(self, tokens: torch.Tensor, record: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
         self._prepare(tokens)
