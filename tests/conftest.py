@@ -1,11 +1,9 @@
-"""Shared fixtures for the icgd tests: seeded generators and float64 random tensors."""
+"""Shared fixtures for the icgd tests."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-
-torch.set_num_threads(2)
 
 
 @pytest.fixture

@@ -265,19 +265,32 @@ def tokens_with_shared(gen, shared_cols=None):
     return h
 
 
+class PathSpy(list):
+    """Results of attention._invariant within one forward call (the list itself) and the number of dimensions of
+    the score tensors handed to mix_heads (`score_dims`): 4 on an O(T) shortcut, 5 on the O(T²) path."""
+
+    def __init__(self):
+        super().__init__()
+        self.score_dims: list[int] = []
+
+
 @pytest.fixture
 def path_spy(monkeypatch):
-    """Records the successive results of attention._invariant within one forward call."""
-    calls: list[bool] = []
-    real = attention_mod._invariant
+    spy = PathSpy()
+    real_inv, real_mix = attention_mod._invariant, attention_mod.mix_heads
 
-    def spy(t):
-        r = real(t)
-        calls.append(r)
+    def inv(t):
+        r = real_inv(t)
+        spy.append(r)
         return r
 
-    monkeypatch.setattr(attention_mod, "_invariant", spy)
-    return calls
+    def mix(U, *args):
+        spy.score_dims.append(U.dim())
+        return real_mix(U, *args)
+
+    monkeypatch.setattr(attention_mod, "_invariant", inv)
+    monkeypatch.setattr(attention_mod, "mix_heads", mix)
+    return spy
 
 
 def forced_general(layer, h, monkeypatch):
@@ -297,7 +310,7 @@ def test_relu_attention_dense_heads_match_loop(gen, causal, path_spy):
     h = tokens_with_shared(gen)
     layer = ReLUAttention.from_dense(Q, K, V, causal=causal)
     out = layer(h)
-    assert path_spy == [False, False]  # general path
+    assert path_spy == [False, False] and path_spy.score_dims == [5]  # general path
     ref, pos, neg = relu_attention_ref(h, DenseHeads(Q, K, V), causal)
     assert pos > 0 and neg > 0  # relu really clips some scores
     close(out, ref)
@@ -309,7 +322,7 @@ def test_relu_attention_sparse_grouped_heads_match_both_loops(gen, causal, path_
     h = tokens_with_shared(gen)
     layer = ReLUAttention(bank, causal=causal)
     out = layer(h)
-    assert path_spy == [False, False]
+    assert path_spy == [False, False] and path_spy.score_dims == [5]
     assert layer.num_heads == 6
     ref_dense, pos, neg = relu_attention_ref(h, DenseHeads(*bank.dense()), causal)
     ref_grouped, _, _ = relu_attention_ref(h, grouped, causal)
@@ -355,7 +368,7 @@ def test_relu_attention_invariant_keys_shortcut(gen, causal, kind, path_spy, mon
         layer = ReLUAttention(bank, causal=causal)
     h = tokens_with_shared(gen, shared)
     out = layer(h)
-    assert path_spy[0] is True  # the key shortcut was taken
+    assert path_spy == [True] and path_spy.score_dims == [4]  # the key shortcut was taken
     ref, pos, neg = relu_attention_ref(h, heads, causal)
     assert pos > 0 and neg > 0
     close(out, ref)
@@ -374,7 +387,7 @@ def test_relu_attention_invariant_queries_shortcut(gen, causal, kind, path_spy, 
         layer = ReLUAttention(bank, causal=causal)
     h = tokens_with_shared(gen, shared)
     out = layer(h)
-    assert path_spy[:2] == [False, True]  # keys vary, queries do not: the query shortcut
+    assert path_spy == [False, True] and path_spy.score_dims == [4]  # keys vary, queries do not
     ref, pos, neg = relu_attention_ref(h, heads, causal)
     assert pos > 0 and neg > 0
     close(out, ref)
@@ -593,6 +606,10 @@ def test_transformer_run_with_cache_records_every_layer(gen):
     close(model(h, start=1, stop=3), layers[2](layers[1](h)))
     _, only_out = model.run_with_cache(h, names_filter=lambda n: n.endswith("hook_out"))
     assert sorted(only_out) == [f"layers.{i}.hook_out" for i in range(4)]
+    close(only_out["out", -1], x)  # negative index into a cache that holds no hook_in entries
+    close(only_out["out", 0], layers[0](h))
+    with pytest.raises(KeyError):
+        only_out["in", 0]
 
 
 def test_transformer_run_with_hooks_edits_activation(gen):

@@ -89,6 +89,10 @@ class ReLUAttention(nn.Module):
     def num_heads(self) -> int:
         return self.heads.num_heads
 
+    @property
+    def dim(self) -> int:
+        return self.heads.dim
+
     def _norm(self, T: int, like: torch.Tensor) -> torch.Tensor:
         """Number of keys each token sees, shaped to divide ``(B, T, G, e)``."""
         if self.causal:

@@ -27,6 +27,10 @@ class EWML(nn.Module):
     def num_heads(self) -> int:
         return self.heads.num_heads
 
+    @property
+    def dim(self) -> int:
+        return self.heads.dim
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         hb = self.heads
         qh, kh, vals = hb.project(h)

@@ -30,8 +30,9 @@ class ActivationCache(dict):
     def __getitem__(self, key):
         if isinstance(key, tuple):
             kind, i = key
-            n = sum(1 for k in self if k.endswith(".hook_in"))
-            key = f"layers.{i % n}.hook_{kind}"
+            # number of layers = highest cached layer index + 1 (counting only hook_in keys broke filtered caches)
+            n = 1 + max((int(k.split(".")[1]) for k in self), default=-1)
+            key = f"layers.{i % n if n else i}.hook_{kind}"
         return super().__getitem__(key)
 
 
