@@ -2,11 +2,11 @@
 
 from icgd.layers.attention import KernelAttention, LinearAttention, ReLUAttention, SoftmaxAttention
 from icgd.layers.ewml import EWML
-from icgd.layers.heads import HeadBank, RowMap, ValueMap
+from icgd.layers.heads import HeadBank, HeadLayer, RowMap, ValueMap
 from icgd.layers.mlp import MLP
 from icgd.layers.transformer import ActivationCache, HookPoint, Transformer
 
 __all__ = [
-    "ActivationCache", "EWML", "HeadBank", "HookPoint", "KernelAttention", "LinearAttention", "MLP",
+    "ActivationCache", "EWML", "HeadBank", "HeadLayer", "HookPoint", "KernelAttention", "LinearAttention", "MLP",
     "ReLUAttention", "RowMap", "SoftmaxAttention", "Transformer", "ValueMap",
 ]

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from icgd.errors import ShapeError, SpecError
-from icgd.layers.heads import HeadBank
+from icgd.layers.heads import HeadBank, HeadLayer
 
 _CHUNK_ELEMENTS = 1 << 23  # score elements materialised at once when mixing many heads
 
@@ -63,7 +63,7 @@ def _invariant(t: torch.Tensor) -> bool:
     return t.shape[1] == 1 or torch.equal(t, t[:, :1].expand_as(t))
 
 
-class ReLUAttention(nn.Module):
+class ReLUAttention(HeadLayer):
     """``h_i + (1/T) Σ_m Σ_s relu(⟨Q_m h_i, K_m h_s⟩) V_m h_s`` (Bai et al. Def. 1; Wu et al. Def. 7).
 
     No softmax, no 1/√d. With ``causal=True`` token i sums over s ≤ i and divides by i + 1.
@@ -75,23 +75,7 @@ class ReLUAttention(nn.Module):
     """
 
     def __init__(self, heads: HeadBank, *, causal: bool = False):
-        super().__init__()
-        self.heads = heads
-        self.causal = causal
-
-    @classmethod
-    def from_dense(cls, Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, *, causal: bool = False,
-                   trainable: bool = False) -> ReLUAttention:
-        """From per-head dense ``Q, K (M, r, D)`` and ``V (M, D, D)``."""
-        return cls(HeadBank.from_dense(Q, K, V, trainable=trainable), causal=causal)
-
-    @property
-    def num_heads(self) -> int:
-        return self.heads.num_heads
-
-    @property
-    def dim(self) -> int:
-        return self.heads.dim
+        super().__init__(heads, causal=causal)
 
     def _norm(self, T: int, like: torch.Tensor) -> torch.Tensor:
         """Number of keys each token sees, shaped to divide ``(B, T, G, e)``."""
@@ -127,7 +111,7 @@ class ReLUAttention(nn.Module):
         return h + hb.v.emit(out)
 
     def extra_repr(self) -> str:
-        return f"heads={self.num_heads}, dim={self.heads.dim}, causal={self.causal}"
+        return super().extra_repr() + f", causal={self.causal}"
 
 
 class _DenseAttention(nn.Module):

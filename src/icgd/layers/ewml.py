@@ -3,33 +3,15 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from icgd.layers.attention import mix_heads
-from icgd.layers.heads import HeadBank
+from icgd.layers.heads import HeadLayer
 
 
-class EWML(nn.Module):
+class EWML(HeadLayer):
     """``h_i + Σ_m ⟨Q_m h_i, K_m h_i⟩ V_m h_i`` (Wu et al. Def. 6): each token attends only to itself, with no
     activation and no normalisation, so every head is a trilinear product — the one operation that attention and
     MLPs cannot do exactly (Wu et al. Remark 3)."""
-
-    def __init__(self, heads: HeadBank):
-        super().__init__()
-        self.heads = heads
-
-    @classmethod
-    def from_dense(cls, Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, trainable: bool = False) -> EWML:
-        """From per-head dense ``Q, K (M, r, D)`` and ``V (M, D, D)``."""
-        return cls(HeadBank.from_dense(Q, K, V, trainable=trainable))
-
-    @property
-    def num_heads(self) -> int:
-        return self.heads.num_heads
-
-    @property
-    def dim(self) -> int:
-        return self.heads.dim
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         hb = self.heads
@@ -37,6 +19,3 @@ class EWML(nn.Module):
         U = torch.einsum("btgr,btgr,grn->bgnt", qh, kh, hb.onehot)  # self scores per row block
         coef = mix_heads(U, hb.alpha, hb.c, None)  # (B, G, T)
         return h + hb.v.emit(coef.transpose(1, 2)[..., None] * vals)
-
-    def extra_repr(self) -> str:
-        return f"heads={self.num_heads}, dim={self.heads.dim}"

@@ -194,3 +194,29 @@ class HeadBank(nn.Module):
         if h.shape[-1] != self.dim:
             raise ShapeError(f"tokens have dimension {h.shape[-1]} but the heads expect {self.dim}")
         return self.q(h), self.k(h), self.v.read(h)
+
+
+class HeadLayer(nn.Module):
+    """Base of the layers whose heads live in a :class:`HeadBank` (ReLU attention, EWML)."""
+
+    def __init__(self, heads: HeadBank, **options):
+        super().__init__()
+        self.heads = heads
+        for name, value in options.items():
+            setattr(self, name, value)
+
+    @classmethod
+    def from_dense(cls, Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, *, trainable: bool = False, **options):
+        """From per-head dense ``Q, K (M, r, D)`` and ``V (M, D, D)``; `options` go to the constructor."""
+        return cls(HeadBank.from_dense(Q, K, V, trainable=trainable), **options)
+
+    @property
+    def num_heads(self) -> int:
+        return self.heads.num_heads
+
+    @property
+    def dim(self) -> int:
+        return self.heads.dim
+
+    def extra_repr(self) -> str:
+        return f"heads={self.num_heads}, dim={self.dim}"
