@@ -24,7 +24,7 @@ from icgd.nets import NetSpec, forward, init_weights
 def layer_flops(layer, T: int) -> int:
     """Nominal FLOPs of one layer on T tokens, counting what the implementation computes."""
     if isinstance(layer, MLP):
-        return 4 * T * layer.dim * layer.width
+        return 2 * T * layer.num_params()  # one multiply-add per nonzero weight (sparse storage)
     hb = layer.heads
     G, H, nb = hb.alpha.shape
     rows = 2 * 2 * T * G * hb.q.rows  # query and key rows (one coordinate each)

@@ -563,6 +563,17 @@ def test_mlp_biased_matches_loop(gen):
     assert (W1 @ h[0, 0] + b1 < 0).any()  # relu clips something
 
 
+def test_sparse_mlp_matches_loop_and_counts_nonzeros(gen):
+    W1, W2 = rnd(gen, 7, D), rnd(gen, D, 7)
+    W1[W1.abs() < 0.8] = 0.0  # mostly zeros, like the constructions' MLPs
+    W2[W2.abs() < 0.8] = 0.0
+    layer = MLP.from_weights(W1, W2, sparse=True)
+    assert layer.W1.is_sparse and layer.W2.is_sparse
+    h = rnd(gen, B, T, D)
+    close(layer(h), mlp_ref(h, W1, W2))
+    assert layer.num_params() == int((W1 != 0).sum() + (W2 != 0).sum())
+
+
 def test_mlp_width_zero_is_identity_and_shape_errors(gen):
     h = rnd(gen, B, T, D)
     close(MLP(D, 0, dtype=torch.float64)(h), h)

@@ -208,7 +208,7 @@ class _Builder:
                 W1[u, self.one] = -R3
                 W1[u, self.t] = R3
                 W2[self.L.index("g", k), u] = sign
-        return MLP.from_weights(W1, W2, trainable=False)
+        return MLP.from_weights(W1, W2, trainable=False, sparse=True)
 
     def back_layer(self, j: int) -> EWML:
         N, shapes = self.spec.depth, self.spec.shapes
@@ -244,7 +244,7 @@ class _Builder:
             W1[2 * u, i], W1[2 * u, self.one] = 1.0, -bound
             W1[2 * u + 1, i], W1[2 * u + 1, self.one] = -1.0, -bound
             W2[i, 2 * u], W2[i, 2 * u + 1] = -1.0, 1.0
-        return MLP.from_weights(W1, W2, trainable=False)
+        return MLP.from_weights(W1, W2, trainable=False, sparse=True)
 
 
 ROLES = ("fwd", "deriv", "loss", "back", "step", "project")

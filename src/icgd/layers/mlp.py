@@ -28,7 +28,9 @@ class MLP(nn.Module):
 
     @classmethod
     def from_weights(cls, W1: torch.Tensor, W2: torch.Tensor, b1: torch.Tensor | None = None,
-                     b2: torch.Tensor | None = None, trainable: bool = True) -> MLP:
+                     b2: torch.Tensor | None = None, trainable: bool = True, sparse: bool = False) -> MLP:
+        """An MLP with the given weights; ``sparse=True`` stores W1 and W2 as sparse COO matrices (for the mostly
+        zero weights of the constructions; they are then not trainable)."""
         if W1.dim() != 2 or W2.dim() != 2 or W2.shape != (W1.shape[1], W1.shape[0]):
             raise ShapeError(f"need W1 (width, D) and W2 (D, width), got {tuple(W1.shape)} and {tuple(W2.shape)}")
         layer = cls(W1.shape[1], W1.shape[0], bias=b1 is not None, dtype=W1.dtype)
@@ -38,7 +40,10 @@ class MLP(nn.Module):
             if b1 is not None:
                 layer.b1.copy_(b1)
                 layer.b2.copy_(b2 if b2 is not None else torch.zeros_like(layer.b2))
-        layer.requires_grad_(trainable)
+        layer.requires_grad_(trainable and not sparse)
+        if sparse:
+            layer.W1 = nn.Parameter(W1.detach().to_sparse().coalesce(), requires_grad=False)
+            layer.W2 = nn.Parameter(W2.detach().to_sparse().coalesce(), requires_grad=False)
         return layer
 
     @property
@@ -48,17 +53,25 @@ class MLP(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if h.shape[-1] != self.dim:
             raise ShapeError(f"tokens have dimension {h.shape[-1]}, the MLP expects {self.dim}")
-        z = h @ self.W1.T
+        z = _matmul(h, self.W1)
         if self.b1 is not None:
             z = z + self.b1
-        out = torch.relu(z) @ self.W2.T
+        out = _matmul(torch.relu(z), self.W2)
         if self.b2 is not None:
             out = out + self.b2
         return h + out
 
     def num_params(self) -> int:
         """Nonzero parameters."""
-        return sum(int((p != 0).sum()) for p in self.parameters())
+        return sum(int(((p.coalesce().values() if p.is_sparse else p) != 0).sum()) for p in self.parameters())
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, width={self.width}, bias={self.bias}"
+        return f"dim={self.dim}, width={self.width}, bias={self.bias}, sparse={self.W1.is_sparse}"
+
+
+def _matmul(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """``x Wᵀ`` over the last dimension of x, for dense or sparse W ``(out, in)``."""
+    if not W.is_sparse:
+        return x @ W.T
+    flat = x.reshape(-1, x.shape[-1])
+    return torch.sparse.mm(W, flat.T).T.reshape(*x.shape[:-1], W.shape[0])
