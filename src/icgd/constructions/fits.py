@@ -32,7 +32,6 @@ class ReluFit:
     a2: torch.Tensor
     c: torch.Tensor
     R: float
-    exact: bool = False  # True where f̂ = f on the whole real line (up to the ramp of a step)
 
     @property
     def units(self) -> int:
@@ -48,9 +47,10 @@ class ReluFit:
         return float(self(pts).abs().max())
 
 
-def _normalised(a1: torch.Tensor, a2: torch.Tensor, c: torch.Tensor, R: float, exact: bool = False) -> ReluFit:
+def _units(a1: torch.Tensor, a2: torch.Tensor, c: torch.Tensor, R: float, dtype: torch.dtype) -> ReluFit:
+    """Units rescaled to |a1| + |a2| = 1 (the factor moves into c), cast to `dtype`."""
     scale = (a1.abs() + a2.abs()).clamp(min=1e-300)
-    return ReluFit(a1 / scale, a2 / scale, c * scale, R, exact)
+    return ReluFit((a1 / scale).to(dtype), (a2 / scale).to(dtype), (c * scale).to(dtype), R)
 
 
 def interpolant(f: Callable[[torch.Tensor], torch.Tensor], R: float, knots: int,
@@ -66,14 +66,12 @@ def interpolant(f: Callable[[torch.Tensor], torch.Tensor], R: float, knots: int,
     a1 = torch.cat([b.new_tensor([0.0, 1.0]), torch.ones(knots - 2, dtype=torch.float64)])
     a2 = torch.cat([b.new_tensor([1.0, R]), -b[1:-1]])
     c = torch.cat([fb[:1], s[:1], s[1:] - s[:-1]])
-    fit = _normalised(a1, a2, c, R)
-    return ReluFit(fit.a1.to(dtype), fit.a2.to(dtype), fit.c.to(dtype), R)
+    return _units(a1, a2, c, R, dtype)
 
 
 def _exact(units: list[tuple[float, float, float]], R: float, dtype: torch.dtype) -> ReluFit:
     a1, a2, c = (torch.tensor(col, dtype=torch.float64) for col in zip(*units))
-    fit = _normalised(a1, a2, c, R, exact=True)
-    return ReluFit(fit.a1.to(dtype), fit.a2.to(dtype), fit.c.to(dtype), R, True)
+    return _units(a1, a2, c, R, dtype)
 
 
 def activation_fits(act: Activation, R: float, knots: int, *, ramp: float = 1e-6,

@@ -247,9 +247,6 @@ class _Builder:
         return MLP.from_weights(W1, W2, trainable=False, sparse=True)
 
 
-ROLES = ("fwd", "deriv", "loss", "back", "step", "project")
-
-
 class ConstructedICGD(Transformer):
     """The transformer built by :func:`deep_gd`. Gradient descent happens only inside its layers."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -121,7 +121,3 @@ def knots_sweep(cfg: ConstructionConfig, knots: list[int]) -> tuple[list[float],
     var = sum((x - mx) ** 2 for x in xs)
     slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var > 0 else float("nan")
     return errors, slope
-
-
-def config_dict(cfg: ConstructionConfig) -> dict:
-    return asdict(cfg)
