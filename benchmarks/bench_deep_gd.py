@@ -16,7 +16,7 @@ import time
 import torch
 
 from icgd.constructions import deep_gd
-from icgd.layers import EWML, MLP, ReLUAttention
+from icgd.layers import EWML, MLP
 from icgd.learners import gd_trajectory
 from icgd.nets import NetSpec, forward, init_weights
 

@@ -132,6 +132,27 @@ def _check_weights(spec: NetSpec, w) -> tuple[torch.Tensor, bool]:
     return w, single
 
 
+def check_prompt(spec: NetSpec, X, Y, w0, dtype: torch.dtype | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+    """Validate and batch a prompt ``(X, Y, w0)`` for `spec`: returns ``X (B, n, d_in)``, ``Y (B, n, d_out)``,
+    ``w0 (B, D_w)`` and whether X was unbatched. Inputs take the dtype of `w0` unless `dtype` is given."""
+    w0 = as_float_tensor(w0, "w0", dtype)
+    X, single = batched(as_float_tensor(X, "X", w0.dtype), "X", 2)
+    Y, _ = batched(as_float_tensor(Y, "Y", w0.dtype), "Y", 2)
+    w0, _ = batched(w0, "w0", 1)
+    check_last_dim(X, "X", spec.d_in, "spec.d_in")
+    check_last_dim(Y, "Y", spec.d_out, "spec.d_out")
+    check_last_dim(w0, "w0", spec.num_params, "spec.num_params")
+    B, n = X.shape[:2]
+    if Y.shape[:2] != (B, n):
+        raise ShapeError(f"Y has shape {tuple(Y.shape)}, expected ({B}, {n}, {spec.d_out}) to match X")
+    if n < 1:
+        raise ShapeError("the prompt needs at least one (x, y) pair")
+    if w0.shape[0] not in (1, B):
+        raise ShapeError(f"w0 has {w0.shape[0]} rows but X has {B} prompts")
+    return X, Y, w0.expand(B, -1), single
+
+
 def unflatten(spec: NetSpec, w: torch.Tensor) -> list[torch.Tensor]:
     """Flat weights ``(D_w,)`` or ``(B, D_w)`` → per-layer matrices ``(…, out_j, in_j)``."""
     w = as_float_tensor(w, "w")

@@ -54,11 +54,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from icgd._checks import as_float_tensor, batched, check_last_dim, positive_float, positive_int
+from icgd._checks import as_float_tensor, batched, positive_float, positive_int
 from icgd.constructions.fits import ReluFit, activation_fits
 from icgd.errors import FitRangeError, ShapeError, SpecError
 from icgd.layers import EWML, MLP, HeadBank, ReLUAttention, RowMap, Transformer, ValueMap
-from icgd.nets import NetSpec, unflatten
+from icgd.nets import NetSpec, check_prompt, unflatten
 from icgd.tokens import Layout, pack_prompt
 
 DEFAULT_KNOTS = 64
@@ -323,16 +323,7 @@ class ConstructedICGD(Transformer):
 
     def tokens_for(self, X, Y, w0, x_query=None) -> tuple[torch.Tensor, bool]:
         """Pack a prompt into this model's tokens; returns the tokens and whether the inputs were unbatched."""
-        X = as_float_tensor(X, "X", self.dtype)
-        single = X.dim() == 2
-        X, _ = batched(X, "X", 2)
-        Y, _ = batched(as_float_tensor(Y, "Y", self.dtype), "Y", 2)
-        check_last_dim(X, "X", self.spec.d_in, "spec.d_in")
-        check_last_dim(Y, "Y", self.spec.d_out, "spec.d_out")
-        w0, _ = batched(as_float_tensor(w0, "w0", self.dtype), "w0", 1)
-        check_last_dim(w0, "w0", self.spec.num_params, "spec.num_params")
-        if X.shape[1] < 1:
-            raise ShapeError("the prompt needs at least one (x, y) pair")
+        X, Y, w0, single = check_prompt(self.spec, X, Y, w0, self.dtype)
         xq = None
         if x_query is not None:
             xq, _ = batched(as_float_tensor(x_query, "x_query", self.dtype), "x_query", 2)

@@ -7,28 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from icgd._checks import as_float_tensor, batched, check_last_dim, positive_float, positive_int
-from icgd.errors import ShapeError
-from icgd.nets import NetSpec, forward_all
-
-
-def _prompt(spec: NetSpec, X, Y, w0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
-    """Validate and batch ``(X, Y, w0)``; the flag says whether the inputs were unbatched."""
-    w0 = as_float_tensor(w0, "w0")
-    X, single = batched(as_float_tensor(X, "X", w0.dtype), "X", 2)
-    Y, _ = batched(as_float_tensor(Y, "Y", w0.dtype), "Y", 2)
-    w0, _ = batched(w0, "w0", 1)
-    check_last_dim(X, "X", spec.d_in, "spec.d_in")
-    check_last_dim(Y, "Y", spec.d_out, "spec.d_out")
-    check_last_dim(w0, "w0", spec.num_params, "spec.num_params")
-    B, n = X.shape[:2]
-    if Y.shape[:2] != (B, n):
-        raise ShapeError(f"Y has shape {tuple(Y.shape)}, expected ({B}, {n}, {spec.d_out}) to match X")
-    if n < 1:
-        raise ShapeError("the prompt needs at least one (x, y) pair")
-    if w0.shape[0] not in (1, B):
-        raise ShapeError(f"w0 has {w0.shape[0]} rows but X has {B} prompts")
-    return X, Y, w0.expand(B, -1), single
+from icgd._checks import positive_float, positive_int
+from icgd.nets import NetSpec, check_prompt, forward_all
 
 
 def empirical_risk(spec: NetSpec, w: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
@@ -44,7 +24,7 @@ def gd_trajectory(spec: NetSpec, X, Y, w0, eta: float, steps: int, box: float | 
     on :func:`empirical_risk`; all prompts are stepped together (the risks of different prompts are independent, so
     the gradient of their sum is the stack of their gradients). Works in float32 and float64.
     """
-    X, Y, w, single = _prompt(spec, X, Y, w0)
+    X, Y, w, single = check_prompt(spec, X, Y, w0)
     eta = positive_float(eta, "eta")
     steps = positive_int(steps, "steps", minimum=0)
     if box is not None:
