@@ -356,16 +356,21 @@ def test_rowmap_valuemap_sparse_forward_match_dense(gen):
     close(bank.v.emit(bank.v.read(h)), torch.einsum("ged,btd->bte", Vg, h))
 
 
+def shortcut_layer(gen, kind, causal, **cols):
+    """A ReLUAttention (dense or sparse heads) whose query or key rows read only the coordinates in `cols`, and
+    the heads the reference loop uses."""
+    if kind == "dense":
+        Q, K, V = dense_qkv(gen, **cols)
+        return ReLUAttention.from_dense(Q, K, V, causal=causal), DenseHeads(Q, K, V)
+    bank, heads = sparse_bank(gen, **cols)
+    return ReLUAttention(bank, causal=causal), heads
+
+
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("kind", ["dense", "sparse"])
 def test_relu_attention_invariant_keys_shortcut(gen, causal, kind, path_spy, monkeypatch):
     shared = [0, 1]
-    if kind == "dense":
-        Q, K, V = dense_qkv(gen, k_cols=shared)
-        layer, heads = ReLUAttention.from_dense(Q, K, V, causal=causal), DenseHeads(Q, K, V)
-    else:
-        bank, heads = sparse_bank(gen, k_cols=shared)
-        layer = ReLUAttention(bank, causal=causal)
+    layer, heads = shortcut_layer(gen, kind, causal, k_cols=shared)
     h = tokens_with_shared(gen, shared)
     out = layer(h)
     assert path_spy == [True] and path_spy.score_dims == [4]  # the key shortcut was taken
@@ -379,12 +384,7 @@ def test_relu_attention_invariant_keys_shortcut(gen, causal, kind, path_spy, mon
 @pytest.mark.parametrize("kind", ["dense", "sparse"])
 def test_relu_attention_invariant_queries_shortcut(gen, causal, kind, path_spy, monkeypatch):
     shared = [2, 3]
-    if kind == "dense":
-        Q, K, V = dense_qkv(gen, q_cols=shared)
-        layer, heads = ReLUAttention.from_dense(Q, K, V, causal=causal), DenseHeads(Q, K, V)
-    else:
-        bank, heads = sparse_bank(gen, q_cols=shared)
-        layer = ReLUAttention(bank, causal=causal)
+    layer, heads = shortcut_layer(gen, kind, causal, q_cols=shared)
     h = tokens_with_shared(gen, shared)
     out = layer(h)
     assert path_spy == [False, True] and path_spy.score_dims == [4]  # keys vary, queries do not

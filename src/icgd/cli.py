@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -31,7 +30,7 @@ def version() -> None:
 def _layer_table(summary: list[dict], title: str) -> Table:
     table = Table(title=title)
     for col in ("layer", "role", "kind", "heads / width", "D", "nonzero params"):
-        table.add_column(col, justify="right" if col != "kind" and col != "role" else "left")
+        table.add_column(col, justify="left" if col in ("kind", "role") else "right")
     for row in summary:
         size = row["heads"] if row["heads"] is not None else row["width"]
         table.add_row(str(row["index"]), row.get("role", ""), row["kind"], str(size), str(row["dim"]),
@@ -113,7 +112,7 @@ def construct(
                   f"[bold]{res.final_error:.2e}[/bold]; prediction error {res.pred_error:.2e}")
     console.print(f"saved {plot_error_vs_step(res, out_dir / 'error_vs_step.png')}")
     if sweep_knots:
-        errors, slope = knots_sweep(replace(cfg), sweep_knots)
+        errors, slope = knots_sweep(cfg, sweep_knots)
         table = Table(title="final relative error vs knots")
         table.add_column("knots", justify="right")
         table.add_column("error", justify="right")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -51,7 +51,6 @@ class ConstructionResult:
     fit_ranges: list[float]
     seconds_tf: float
     seconds_gd: float
-    extra: dict = field(default_factory=dict)
 
     @property
     def final_error(self) -> float:
@@ -114,7 +113,7 @@ def run_construction(cfg: ConstructionConfig, knots: int | None = None) -> Const
 
 def knots_sweep(cfg: ConstructionConfig, knots: list[int]) -> tuple[list[float], float]:
     """Final relative error for each number of knots and the least-squares slope of log error vs log knots."""
-    errors = [run_construction(replace(cfg), k).final_error for k in knots]
+    errors = [run_construction(cfg, k).final_error for k in knots]
     xs = [math.log(k) for k in knots]
     ys = [math.log(max(e, 1e-300)) for e in errors]
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
