@@ -1,9 +1,20 @@
-"""Explicit transformers whose forward pass runs a learning algorithm; one module per paper."""
+"""Explicit transformers whose forward pass runs a learning algorithm; one module per paper.
 
-from icgd.constructions.fits import ReluFit, activation_fits, interpolant
+* :mod:`~icgd.constructions.wu` — :func:`deep_gd`, GD on an N-layer network (Wu et al., ICML 2025).
+* :mod:`~icgd.constructions.von_oswald` — :func:`linear_gd`, :func:`gd_plus_plus` (von Oswald et al., ICML 2023).
+* :mod:`~icgd.constructions.cheng` — :func:`functional_gd` (Cheng, Chen & Sra, ICML 2024).
+* :mod:`~icgd.constructions.bai` — :func:`convex_gd` (Bai et al., NeurIPS 2023).
+"""
+
+from icgd.constructions.bai import ConvexGD, convex_gd
+from icgd.constructions.base import PromptModel
+from icgd.constructions.cheng import FunctionalGD, functional_gd
+from icgd.constructions.fits import ReluFit, activation_fits, clamped, interpolant
+from icgd.constructions.von_oswald import LinearGD, gd_plus_plus, linear_gd, von_oswald_weights
 from icgd.constructions.wu import ConstructedICGD, deep_gd, fit_ranges_from_box, fit_ranges_from_data, wu_layout
 
 __all__ = [
-    "ConstructedICGD", "ReluFit", "activation_fits", "deep_gd", "fit_ranges_from_box", "fit_ranges_from_data",
-    "interpolant", "wu_layout",
+    "ConstructedICGD", "ConvexGD", "FunctionalGD", "LinearGD", "PromptModel", "ReluFit", "activation_fits",
+    "clamped", "convex_gd", "deep_gd", "fit_ranges_from_box", "fit_ranges_from_data", "functional_gd",
+    "gd_plus_plus", "interpolant", "linear_gd", "von_oswald_weights", "wu_layout",
 ]

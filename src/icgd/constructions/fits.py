@@ -86,3 +86,15 @@ def activation_fits(act: Activation, R: float, knots: int, *, ramp: float = 1e-6
     if act.name == "identity":
         return _exact([(1.0, 0.0, 1.0), (-1.0, 0.0, -1.0)], R, dtype), _exact([(0.0, 1.0, 1.0)], R, dtype)
     return interpolant(act.fn, R, knots, dtype), interpolant(act.deriv, R, knots, dtype)
+
+
+def clamped(fit: ReluFit) -> ReluFit:
+    """`fit` made constant right of R as well (one more unit cancels its last slope), so that it stays within
+    max(|f(±R) − f(±∞)|) + the fit error of a function with finite limits (a sigmoid) on the whole line."""
+    R = fit.R
+    ends = torch.tensor([R, R + 1.0], dtype=torch.float64)
+    vals = fit(ends.to(fit.a1.dtype)).double()
+    slope = float(vals[1] - vals[0])
+    units = [fit.a1.double(), fit.a2.double(), fit.c.double()]
+    a1, a2, c = (torch.cat([u, u.new_tensor([v])]) for u, v in zip(units, (1.0, -R, -slope)))
+    return _units(a1, a2, c, R, fit.a1.dtype)

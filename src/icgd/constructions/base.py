@@ -1,0 +1,96 @@
+"""What every regression construction shares: a :class:`~icgd.layers.Transformer` that packs a prompt with its
+layout, runs its layers and reads the answer off the query tokens.
+
+``model.predict(X, Y, x_query)`` takes ``X (B, n, d_in)``, ``Y (B, n, d_out)``, ``x_query (B, m, d_in)`` (or the
+same without the batch axis) and returns ``(B, m, d_out)``. Context tokens carry ``t = 1`` and queries ``t = 0``;
+the answer is ``sign ×`` the query tokens' `answer` slot (von Oswald / Cheng / Ahn read ``−y``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from icgd._checks import as_float_tensor, batched, check_last_dim, positive_float
+from icgd.errors import ShapeError, SpecError
+from icgd.layers import Transformer
+from icgd.tokens import Layout, pack_prompt
+
+
+def check_dtype(dtype: torch.dtype) -> torch.dtype:
+    if dtype not in (torch.float32, torch.float64):
+        raise SpecError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    return dtype
+
+
+def per_layer(value, steps: int, name: str, allow_zero: bool = False) -> list[float]:
+    """One non-negative number per layer from a scalar or a sequence of length `steps`."""
+    if isinstance(value, (int, float)) or (isinstance(value, torch.Tensor) and value.dim() == 0):
+        return [positive_float(value, name, allow_zero)] * steps
+    if not isinstance(value, (Sequence, torch.Tensor)) or len(value) != steps:
+        raise SpecError(f"{name} must be a number or a sequence of {steps} numbers (one per layer), got {value!r}")
+    return [positive_float(v, name, allow_zero) for v in value]
+
+
+class PromptModel(Transformer):
+    """A transformer on prompt tokens laid out by `layout`, answering in the query tokens' `answer` slot."""
+
+    def __init__(self, layers: Sequence[nn.Module], layout: Layout, *, d_in: int, d_out: int, answer: str = "y",
+                 sign: float = -1.0, dtype: torch.dtype = torch.float64, roles: Sequence[str] | None = None):
+        super().__init__(layers, dim=layout.dim)
+        self.layout, self.d_in, self.d_out, self.answer, self.sign = layout, d_in, d_out, answer, sign
+        self.dtype = dtype
+        self.roles = list(roles) if roles is not None else [type(m).__name__ for m in layers]
+
+    def _prepare(self, tokens: torch.Tensor) -> None:
+        """Called before every forward pass (constructions whose weights depend on the prompt size set them)."""
+
+    def forward(self, tokens: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        self._check(tokens)
+        self._prepare(tokens)
+        return super().forward(tokens, start, stop)
+
+    def check_prompt(self, X, Y, x_query) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+        """Validated, batched ``X (B, n, d_in)``, ``Y (B, n, d_out)``, ``x_query (B, m, d_in)`` in the model's dtype,
+        and whether the inputs were unbatched."""
+        X, single = batched(as_float_tensor(X, "X", self.dtype), "X", 2)
+        Y, _ = batched(as_float_tensor(Y, "Y", self.dtype), "Y", 2)
+        xq, _ = batched(as_float_tensor(x_query, "x_query", self.dtype), "x_query", 2)
+        check_last_dim(X, "X", self.d_in, "the model's d_in")
+        check_last_dim(Y, "Y", self.d_out, "the model's d_out (pass Y with a last axis, e.g. Y[..., None])")
+        check_last_dim(xq, "x_query", self.d_in, "the model's d_in")
+        B, n = X.shape[:2]
+        if Y.shape[:2] != (B, n):
+            raise ShapeError(f"Y has shape {tuple(Y.shape)}, expected ({B}, {n}, {self.d_out}) to match X")
+        if xq.shape[0] != B:
+            raise ShapeError(f"x_query has {xq.shape[0]} prompts but X has {B}")
+        if n < 1:
+            raise ShapeError("the prompt needs at least one (x, y) pair")
+        return X, Y, xq, single
+
+    def device(self) -> torch.device:
+        return next((t.device for t in [*self.parameters(), *self.buffers()]), torch.device("cpu"))
+
+    def tokens_for(self, X, Y, x_query) -> tuple[torch.Tensor, bool]:
+        """The prompt packed into this model's tokens, and whether the inputs were unbatched."""
+        X, Y, xq, single = self.check_prompt(X, Y, x_query)
+        return pack_prompt(self.layout, X, Y, xq).to(self.device()), single
+
+    def read_answer(self, h: torch.Tensor, n: int) -> torch.Tensor:
+        return self.sign * self.layout.read(h, self.answer)[:, n:]
+
+    @torch.inference_mode()
+    def predict(self, X, Y, x_query) -> torch.Tensor:
+        """The model's predictions at the queries, ``(B, m, d_out)``."""
+        tokens, single = self.tokens_for(X, Y, x_query)
+        n = int(self.layout.read(tokens, "t")[0, :, 0].sum())
+        out = self.read_answer(self(tokens), n)
+        return out[0] if single else out
+
+    def summary(self) -> list[dict]:
+        rows = super().summary()
+        for row, role in zip(rows, self.roles):
+            row["role"] = role
+        return rows
