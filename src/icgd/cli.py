@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -123,8 +124,62 @@ def construct(
         console.print(f"saved {plot_error_vs_knots(sweep_knots, errors, slope, out_dir / 'error_vs_knots.png')}")
 
 
+@app.command()
+def train(
+    preset: Optional[str] = typer.Option(None, "--preset", help="a named configuration (icgd train --list)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run folder (default runs/PRESET)"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="total training steps"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, …"),
+    log_every: Optional[int] = typer.Option(None, "--log-every"),
+    save_every: Optional[int] = typer.Option(None, "--save-every"),
+    config: Optional[Path] = typer.Option(None, "--config", help="a TOML file of config keys"),
+    set_: list[str] = typer.Option([], "--set", help="key=value (repeatable); task_kwargs.noise=0.1 for tables"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this folder"),
+    force: bool = typer.Option(False, "--force", help="resume even if the config differs from the checkpoint's"),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="also log to DIR/tb (needs tensorboard)"),
+    list_: bool = typer.Option(False, "--list", help="list the presets and exit"),
+) -> None:
+    """Meta-train a transformer on random prompts; metrics.jsonl compares it with baselines on the same prompts."""
+    from icgd.train import PRESETS, build_config
+    from icgd.train import resume as resume_run
+    from icgd.train import train as train_run
+
+    if list_:
+        for name in sorted(PRESETS):
+            console.print(name)
+        return
+    flags = {"seed": seed, "device": device, "log_every": log_every, "save_every": save_every}
+    flags = {k: v for k, v in flags.items() if v is not None}
+    if tensorboard:
+        flags["tensorboard"] = True
+    if resume is not None:
+        if preset or config or set_:
+            raise ICGDError("--resume continues a run with its saved config; drop --preset/--config/--set")
+        trainer = resume_run(resume, steps=steps, force=force, overrides=flags)
+    else:
+        if not preset and not config:
+            raise ICGDError("give --preset NAME (see icgd train --list) or --config FILE.toml, or --resume DIR")
+        overrides = [*set_, *(f"{k}={json.dumps(v)}" for k, v in flags.items())]
+        if steps is not None:
+            overrides.append(f"steps={steps}")
+        cfg = build_config(preset, config, overrides)
+        trainer = train_run(cfg, out or Path("runs") / (preset or config.stem))
+    last = trainer.metrics.read()[-1] if trainer.metrics.read() else None
+    if last and trainer.rank == 0:
+        base = ", ".join(f"{k} {v:.4g}" for k, v in last["baselines"].items())
+        console.print(f"step {last['step']}: train {last['train_loss']:.4g}, eval {last['eval_loss']:.4g} "
+                      f"(baselines: {base}); run folder {trainer.out}")
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app, turning usage errors and icgd errors into one line and exit code 2."""
+    """Entry point: run the app, turning usage errors and icgd errors into one line and exit code 2
+    (``--debug`` anywhere on the command line shows the traceback instead)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in argv:
+        argv.remove("--debug")
+        app(args=argv, standalone_mode=False)
+        return
     try:
         result = app(args=argv, standalone_mode=False)
     except typer.Abort:

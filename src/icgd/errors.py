@@ -30,8 +30,24 @@ class NonFiniteError(ICGDError, ValueError):
     """An input holds NaN or infinity."""
 
 
-class FitRangeError(ICGDError, ArithmeticError):
+class RangeError(ICGDError, ArithmeticError):
+    """A value left the range on which a construction is exact or accurate: the result would be wrong."""
+
+
+class FitRangeError(RangeError):
     """A pre-activation left the interval on which a sum-of-ReLU fit is valid: the result would be wrong."""
+
+
+class ConfigError(ICGDError, ValueError):
+    """A training or experiment configuration is invalid (unknown key, wrong type, conflicting resume)."""
+
+
+class CheckpointError(ICGDError, OSError):
+    """A checkpoint is missing, corrupt (checksum mismatch) or does not belong to this run."""
+
+
+class TrainingError(ICGDError, RuntimeError):
+    """Training had to stop (e.g. a non-finite loss); the last good checkpoint is kept."""
 
 
 class LayoutError(ICGDError, KeyError):

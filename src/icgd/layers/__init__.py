@@ -4,9 +4,10 @@ from icgd.layers.attention import KernelAttention, LinearAttention, ReLUAttentio
 from icgd.layers.ewml import EWML
 from icgd.layers.heads import HeadBank, HeadLayer, RowMap, ValueMap
 from icgd.layers.mlp import MLP
+from icgd.layers.norm import LayerNorm
 from icgd.layers.transformer import ActivationCache, HookPoint, Transformer
 
 __all__ = [
-    "ActivationCache", "EWML", "HeadBank", "HeadLayer", "HookPoint", "KernelAttention", "LinearAttention", "MLP",
-    "ReLUAttention", "RowMap", "SoftmaxAttention", "Transformer", "ValueMap",
+    "ActivationCache", "EWML", "HeadBank", "HeadLayer", "HookPoint", "KernelAttention", "LayerNorm",
+    "LinearAttention", "MLP", "ReLUAttention", "RowMap", "SoftmaxAttention", "Transformer", "ValueMap",
 ]

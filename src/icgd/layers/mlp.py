@@ -1,4 +1,8 @@
-"""Token-wise MLP layers."""
+"""Token-wise MLP layers.
+
+The activation is ReLU unless ``activation="gelu"`` is chosen: ``gelu(z) = z Φ(z)`` (exact, erf form) as in
+Akyürek et al. (Eq. 5–6), whose Lemma 4 multiplies two numbers with three GeLU units.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +13,25 @@ from torch import nn
 
 from icgd.errors import ShapeError, SpecError
 
+ACTIVATIONS = {
+    "relu": torch.relu,
+    "gelu": torch.nn.functional.gelu,  # z Φ(z), erf form
+}
+
 
 class MLP(nn.Module):
     """``H + W2 relu(W1 H)`` applied to every token (Wu et al. Def. 8; bias-free — a constant-1 token coordinate
-    plays the bias), or ``H + W2 relu(W1 H + b1) + b2`` with ``bias=True``."""
+    plays the bias), or ``H + W2 relu(W1 H + b1) + b2`` with ``bias=True``. ``activation="gelu"`` puts
+    ``gelu(z) = z Φ(z)`` in place of relu (Akyürek et al. Eq. 6)."""
 
     def __init__(self, dim: int, width: int, *, bias: bool = False, generator: torch.Generator | None = None,
-                 dtype: torch.dtype | None = None):
+                 dtype: torch.dtype | None = None, activation: str = "relu"):
         super().__init__()
         if dim < 1 or width < 0:
             raise SpecError(f"MLP needs dim >= 1 and width >= 0, got dim={dim}, width={width}")
+        if activation not in ACTIVATIONS:
+            raise SpecError(f"unknown MLP activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+        self.activation = activation
         dtype = dtype or torch.get_default_dtype()
         self.dim, self.width = dim, width
         self.W1 = nn.Parameter(torch.randn(width, dim, generator=generator, dtype=dtype) / math.sqrt(dim))
@@ -28,12 +41,13 @@ class MLP(nn.Module):
 
     @classmethod
     def from_weights(cls, W1: torch.Tensor, W2: torch.Tensor, b1: torch.Tensor | None = None,
-                     b2: torch.Tensor | None = None, trainable: bool = True, sparse: bool = False) -> MLP:
+                     b2: torch.Tensor | None = None, trainable: bool = True, sparse: bool = False,
+                     activation: str = "relu") -> MLP:
         """An MLP with the given weights; ``sparse=True`` stores W1 and W2 as sparse COO matrices (for the mostly
         zero weights of the constructions; they are then not trainable)."""
         if W1.dim() != 2 or W2.dim() != 2 or W2.shape != (W1.shape[1], W1.shape[0]):
             raise ShapeError(f"need W1 (width, D) and W2 (D, width), got {tuple(W1.shape)} and {tuple(W2.shape)}")
-        layer = cls(W1.shape[1], W1.shape[0], bias=b1 is not None, dtype=W1.dtype)
+        layer = cls(W1.shape[1], W1.shape[0], bias=b1 is not None, dtype=W1.dtype, activation=activation)
         with torch.no_grad():
             layer.W1.copy_(W1)
             layer.W2.copy_(W2)
@@ -56,7 +70,7 @@ class MLP(nn.Module):
         z = _matmul(h, self.W1)
         if self.b1 is not None:
             z = z + self.b1
-        out = _matmul(torch.relu(z), self.W2)
+        out = _matmul(ACTIVATIONS[self.activation](z), self.W2)
         if self.b2 is not None:
             out = out + self.b2
         return h + out
@@ -66,7 +80,8 @@ class MLP(nn.Module):
         return sum(int(((p.coalesce().values() if p.is_sparse else p) != 0).sum()) for p in self.parameters())
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, width={self.width}, bias={self.bias}, sparse={self.W1.is_sparse}"
+        act = "" if self.activation == "relu" else f", activation={self.activation}"
+        return f"dim={self.dim}, width={self.width}, bias={self.bias}, sparse={self.W1.is_sparse}{act}"
 
 
 def _matmul(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,389 @@
+"""The training loop behind ``icgd train``: AdamW, warm-up + cosine, clipping, periodic evaluation against the
+baselines of :mod:`icgd.learners` on the same held-out prompts, crash-safe checkpoints and exact resume.
+
+**Run folder** (a contract)::
+
+    config.json          the TrainConfig
+    metrics.jsonl        one JSON object per log step: step, train_loss, eval_loss, baselines {name: loss}, lr, …
+    model.safetensors    \\
+    state.safetensors     } the checkpoint (see icgd.train.checkpoint)
+    state.json           /
+
+**Determinism.** The prompts of step s are drawn from a generator seeded by ``(seed, s)``
+(:meth:`icgd.tasks.Task.sample`), the model is initialised from a generator seeded by `seed`, and the held-out set
+from ``(seed, EVAL_STREAM)``. No global RNG state is used, so a run resumed from its checkpoint at step s computes the
+same steps s+1, s+2, … as the uninterrupted run: bitwise on CPU (same machine, same torch, same thread count). On
+GPU some kernels (atomics in backward passes) are not deterministic; results then agree to float tolerance only.
+
+**Losses.** ``model="icl"``: mean over prompts, positions and outputs of (ŷ_i − y_i)², ŷ_i predicted from the
+pairs before i (Garg et al.). ``model="lsa"``: ½ mean over prompts of ‖ŷ_q − y_q‖² for one query (von Oswald et
+al.'s code convention). The baselines are scored with the same definition on the same prompts.
+
+**Faults.** A non-finite loss stops the run with :class:`~icgd.errors.TrainingError` and keeps the last good
+checkpoint (``on_nonfinite="skip"`` drops the step instead, up to `max_skips` times). Ctrl-C saves a checkpoint at
+the last completed step and exits.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from icgd.errors import ConfigError, TrainingError
+from icgd.train.checkpoint import (has_checkpoint, load_checkpoint, optimizer_tensors, restore_optimizer,
+                                   save_checkpoint)
+from icgd.train.config import TrainConfig
+
+EVAL_STREAM = 1 << 40  # the held-out prompts use step numbers no training step reaches
+TUNE_STREAM = EVAL_STREAM + 1
+
+
+# ---------------------------------------------------------------------------------------------- building blocks
+
+
+def build_model(cfg: TrainConfig) -> nn.Module:
+    from icgd.models import LSA, ICLTransformer
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    dtype = getattr(torch, cfg.dtype)
+    if cfg.model == "lsa":
+        model = LSA(cfg.d_in, cfg.d_out, n_layer=cfg.n_layer, shared=cfg.shared, n_head=cfg.n_head,
+                    init_std=cfg.init_std or None, generator=gen)
+    else:
+        model = ICLTransformer(cfg.d_in, cfg.d_out, n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
+                               attention=cfg.attention, causal=cfg.causal, token_format=cfg.token_format,
+                               max_points=cfg.n_points, mlp=cfg.mlp, layernorm=cfg.layernorm, loop=cfg.loop,
+                               generator=gen)
+    return model.to(dtype=dtype, device=cfg.device)
+
+
+def build_task(cfg: TrainConfig):
+    from icgd.tasks import make_task
+
+    return make_task(cfg.task, d=cfg.d_in, d_out=cfg.d_out, **cfg.task_kwargs)
+
+
+def gd_steps(cfg: TrainConfig) -> int:
+    """GD baseline steps: as many as the model has layers (looped layers count each pass)."""
+    return cfg.n_layer * (cfg.loop if cfg.model == "icl" else 1)
+
+
+@dataclass
+class Batch:
+    X: torch.Tensor  # (B, n, d)
+    Y: torch.Tensor  # (B, n, d_out)
+
+
+def sample_batch(cfg: TrainConfig, task, step: int, batch: int | None = None) -> Batch:
+    """The prompts of `step` (for LSA: n_points context pairs + 1 query). Training steps follow the curriculum;
+    the held-out streams use the full size."""
+    n, n_dims = cfg.n_points, None
+    if cfg.curriculum and step < EVAL_STREAM:
+        from icgd.tasks import Curriculum
+
+        n_dims, n = Curriculum(**cfg.curriculum).at(step)
+    n += 1 if cfg.model == "lsa" else 0
+    p = task.sample(batch or cfg.batch_size, n, seed=cfg.seed, step=step, n_dims=n_dims, device=cfg.device,
+                    dtype=getattr(torch, cfg.dtype))
+    return Batch(p.X, p.Y)
+
+
+def predictions(cfg: TrainConfig, model: Callable, b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prediction, target) under the run's loss definition."""
+    if cfg.model == "lsa":
+        return model(b.X[:, :-1], b.Y[:, :-1], b.X[:, -1:]), b.Y[:, -1:]
+    return model(b.X, b.Y), b.Y
+
+
+def loss_of(cfg: TrainConfig, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    err = (pred - target) ** 2
+    return 0.5 * err.sum(-1).mean() if cfg.model == "lsa" else err.mean()
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up for `warmup` steps, then cosine from lr to lr·lr_min_ratio at `steps`."""
+    if cfg.warmup and step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    lo = cfg.lr * cfg.lr_min_ratio
+    return lo + (cfg.lr - lo) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+# ---------------------------------------------------------------------------------------------- baselines
+
+
+def baseline_losses(cfg: TrainConfig, task, eval_batch: Batch) -> dict[str, float]:
+    """The configured baselines' losses on the held-out prompts (GD with η tuned on other prompts)."""
+    from icgd.learners import GD, make_learner
+
+    out = {}
+    for name in cfg.baselines:
+        if name == "gd":
+            tune = sample_batch(cfg, task, TUNE_STREAM, min(cfg.eval_prompts, 1024))
+            learner = _tune_gd(cfg, GD, tune)
+        else:
+            learner = make_learner(name)
+        pred, target = predictions(cfg, _as_model(cfg, learner), _double(eval_batch))
+        out[name] = float(loss_of(cfg, pred, target))
+    return out
+
+
+def _double(b: Batch) -> Batch:
+    return Batch(b.X.double().cpu(), b.Y.double().cpu())
+
+
+def _as_model(cfg: TrainConfig, learner) -> Callable:
+    if cfg.model == "lsa":
+        return learner.predict
+    return learner.prefix_predictions
+
+
+def _tune_gd(cfg: TrainConfig, GD, b: Batch):
+    b = _double(b)
+    steps = gd_steps(cfg)
+    if cfg.model == "lsa":
+        return GD.tune(b.X[:, :-1], b.Y[:, :-1], b.X[:, -1:], b.Y[:, -1:], steps)
+    n = b.X.shape[1] - 1  # tune on predicting the last point from the others
+    return GD.tune(b.X[:, :n], b.Y[:, :n], b.X[:, n:], b.Y[:, n:], steps)
+
+
+# ---------------------------------------------------------------------------------------------- the run
+
+
+class MetricsLog:
+    """``metrics.jsonl``: appended line by line, flushed; on resume, lines past the checkpoint are dropped."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def truncate_after(self, step: int) -> None:
+        if not self.path.exists():
+            return
+        keep = [line for line in self.path.read_text().splitlines() if line.strip() and
+                json.loads(line)["step"] <= step]
+        self.path.write_text("".join(line + "\n" for line in keep))
+
+    def append(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+@dataclass
+class Trainer:
+    cfg: TrainConfig
+    out: Path
+    progress: bool = True
+    rank: int = 0
+    world: int = 1
+
+    def __post_init__(self) -> None:
+        torch.manual_seed(self.cfg.seed)  # only for code paths outside icgd that draw from the global RNG
+        self.task = build_task(self.cfg)
+        self.model = build_model(self.cfg)
+        self.module = self.model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.model = DistributedDataParallel(self.model)
+        self.opt = torch.optim.AdamW(self.module.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
+                                     betas=(self.cfg.beta1, self.cfg.beta2))
+        self.step = 0
+        self.skips = 0
+        self.metrics = MetricsLog(self.out / "metrics.jsonl")
+        self.eval_batch = sample_batch(self.cfg, self.task, EVAL_STREAM, self.cfg.eval_prompts)
+        self.baselines: dict[str, float] | None = None
+        self.writer = None
+
+    # -- checkpoints
+
+    def save(self) -> None:
+        if self.rank != 0:
+            return
+        tensors, rest = optimizer_tensors(self.opt)
+        meta = {"config_hash": self.cfg.hash(), "config": self.cfg.to_dict(), "optimizer": rest,
+                "skips": self.skips, "baselines": self.baselines}
+        save_checkpoint(self.out, step=self.step, model=self.module.state_dict(), state=tensors, meta=meta)
+
+    def restore(self, force: bool = False) -> None:
+        ck = load_checkpoint(self.out, device=self.cfg.device)
+        if ck.meta.get("config_hash") != self.cfg.hash() and not force:
+            try:
+                keys = self.cfg.differing_keys(TrainConfig.from_dict(ck.meta["config"]))
+            except (KeyError, ConfigError):
+                keys = ["(unreadable saved config)"]
+            raise ConfigError(f"the checkpoint at step {ck.step} was written with a different config (keys: "
+                              f"{', '.join(keys)}); pass --force to resume anyway")
+        self.module.load_state_dict(ck.model)
+        restore_optimizer(self.opt, ck.state, ck.meta["optimizer"])
+        self.step, self.skips = ck.step, ck.meta.get("skips", 0)
+        self.baselines = ck.meta.get("baselines")
+        if self.rank == 0:
+            self.metrics.truncate_after(self.step)
+
+    # -- one step
+
+    def train_step(self, step: int) -> float:
+        cfg = self.cfg
+        b = sample_batch(cfg, self.task, step)
+        if self.world > 1:  # each process takes its slice of the global batch
+            per = cfg.batch_size // self.world
+            b = Batch(b.X[self.rank * per:(self.rank + 1) * per], b.Y[self.rank * per:(self.rank + 1) * per])
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(cfg, step)
+        self.model.train()
+        loss = loss_of(cfg, *predictions(cfg, self.model, b))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.grad_clip)
+        value = loss.detach()
+        if self.world > 1:
+            torch.distributed.all_reduce(value)
+            value = value / self.world
+        value = float(value)
+        if not math.isfinite(value):
+            self.opt.zero_grad(set_to_none=True)
+            return value
+        self.opt.step()
+        return value
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        self.model.eval()
+        return float(loss_of(self.cfg, *predictions(self.cfg, self.module, self.eval_batch)))
+
+    # -- the loop
+
+    def run(self, steps: int | None = None) -> list[dict]:
+        """Train up to `steps` (default cfg.steps) total steps; returns the metrics written in this call."""
+        cfg = self.cfg
+        total = steps or cfg.steps
+        if self.baselines is None:
+            self.baselines = baseline_losses(cfg, self.task, self.eval_batch)
+        written: list[dict] = []
+        t0 = time.perf_counter()
+        bar = _progress(self.progress and self.rank == 0)
+        task_id = bar.add_task("train", total=total, completed=self.step, loss=float("nan"), rate=0.0) if bar else None
+        try:
+            if bar:
+                bar.start()
+            while self.step < total:
+                loss = self.train_step(self.step)
+                if not math.isfinite(loss):
+                    self._nonfinite(loss)
+                    self.step += 1
+                    continue
+                self.step += 1
+                if self.step % cfg.log_every == 0 or self.step == total:
+                    record = {"step": self.step, "train_loss": loss, "eval_loss": self.evaluate(),
+                              "baselines": self.baselines, "lr": lr_at(cfg, self.step - 1),
+                              "elapsed": time.perf_counter() - t0}
+                    if self.rank == 0:
+                        self.metrics.append(record)
+                        self._tensorboard(record)
+                    written.append(record)
+                if self.step % cfg.save_every == 0 or self.step == total:
+                    self.save()
+                if bar:
+                    rate = (self.step) / max(time.perf_counter() - t0, 1e-9)
+                    bar.update(task_id, completed=self.step, loss=loss, rate=rate)
+        except KeyboardInterrupt:
+            self.save()
+            raise
+        finally:
+            if bar:
+                bar.stop()
+        return written
+
+    def _nonfinite(self, loss: float) -> None:
+        self.skips += 1
+        if self.cfg.on_nonfinite == "stop" or self.skips > self.cfg.max_skips:
+            raise TrainingError(f"non-finite training loss ({loss}) at step {self.step + 1}; the last good "
+                                f"checkpoint in {self.out} is kept. Lower lr or grad_clip, or set "
+                                f"on_nonfinite=skip")
+
+    def _tensorboard(self, record: dict) -> None:
+        if not self.cfg.tensorboard:
+            return
+        if self.writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ConfigError("--tensorboard needs the tensorboard package: pip install 'icgd[tensorboard]'") \
+                    from None
+            self.writer = SummaryWriter(str(self.out / "tb"))
+        for key in ("train_loss", "eval_loss"):
+            self.writer.add_scalar(key, record[key], record["step"])
+        for name, value in record["baselines"].items():
+            self.writer.add_scalar(f"baselines/{name}", value, record["step"])
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("step {task.completed}/{task.total}"), BarColumn(),
+                    TextColumn("loss {task.fields[loss]:.4g}"), TextColumn("{task.fields[rate]:.1f} steps/s"),
+                    TimeRemainingColumn(), transient=False)
+
+
+def train(cfg: TrainConfig, out: str | Path, *, steps: int | None = None, progress: bool = True) -> Trainer:
+    """Start a run in `out` (which must not hold a checkpoint) and train it."""
+    out = Path(out)
+    if has_checkpoint(out):
+        raise ConfigError(f"{out} already holds a run; resume it with `icgd train --resume {out}` or choose "
+                          f"another --out")
+    rank, world = _distributed(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        cfg.save(out / "config.json")
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+    trainer = Trainer(cfg, out, progress=progress, rank=rank, world=world)
+    trainer.run(steps)
+    return trainer
+
+
+def resume(out: str | Path, *, steps: int | None = None, force: bool = False, progress: bool = True,
+           overrides: dict | None = None) -> Trainer:
+    """Continue the run in `out` from its newest complete checkpoint, to `steps` total steps."""
+    out = Path(out)
+    cfg = TrainConfig.load(out / "config.json")
+    if overrides:
+        cfg = TrainConfig.from_dict({**cfg.to_dict(), **overrides})
+    if steps is not None:
+        cfg.steps = max(steps, 1)
+    rank, world = _distributed(cfg)
+    trainer = Trainer(cfg, out, progress=progress, rank=rank, world=world)
+    trainer.restore(force=force)
+    trainer.run(steps)
+    return trainer
+
+
+def _distributed(cfg: TrainConfig) -> tuple[int, int]:
+    """(rank, world size); initialises torch.distributed when launched by torchrun with WORLD_SIZE > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cfg.device.startswith("cuda") else "gloo")
+    if cfg.batch_size % world:
+        raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the {world} processes")
+    return dist.get_rank(), world
