@@ -43,7 +43,12 @@ def test_construct_prints_errors_and_saves_plots(tmp_path, capsys):
     (["construct", "--knots", "1", "--sweep", ""], "knots"),
     (["construct", "--activation", "swish", "--sweep", ""], "unknown activation"),
     (["construct", "--depth", "0", "--sweep", ""], "depth"),
-    (["construct", "linear"], "unknown construction"),
+    (["construct", "linar"], "unknown construction"),
+    (["construct", "functional", "--kernel", "cosine"], "unknown kernel"),
+    (["construct", "ridge", "--lam", "-1"], "lam"),
+    (["train"], "--preset"),
+    (["train", "--preset", "nope"], "unknown preset"),
+    (["train", "--preset", "lsa-smoke", "--set", "lr"], "key=value"),
     (["construct", "--sweep", "a,b"], "--sweep"),
     (["construct", "--no-such-flag"], "no-such-flag"),
     (["demo", "--knots", "x"], "knots"),
@@ -53,3 +58,23 @@ def test_bad_input_exits_2_with_one_line(args, needle, capsys):
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args,tol", [
+    (["linear"], 1e-12), (["gdpp"], 1e-12), (["ridge"], 1e-10), (["ridge", "--variant", "faithful"], 1e-6),
+    (["sgd", "--eta", "0.01"], 1e-12), (["functional", "--kernel", "exp"], 1e-12), (["convex"], 1e-12),
+    (["convex", "--loss", "logistic"], 2e-3),
+])
+def test_construct_linear_kinds_print_error_vs_closed_form(args, tol, capsys):
+    code, out, err = run(["construct", *args, "--n", "8"], capsys)
+    assert code == 0, err
+    rel = float(re.search(r"\(relative ([0-9.e+-]+)\)", out.replace("\n", " ")).group(1))
+    assert rel < tol
+    assert "layers" in out and "reference:" in out
+
+
+def test_debug_flag_shows_the_traceback():
+    from icgd.errors import ICGDError
+
+    with pytest.raises(ICGDError):
+        main(["construct", "nope", "--debug"])

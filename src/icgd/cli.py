@@ -77,28 +77,58 @@ def demo(
 
 @app.command()
 def construct(
-    kind: str = typer.Argument("deep", help="which construction: deep (Wu et al. Theorem 1)"),
-    depth: int = typer.Option(3, "--depth", help="N, number of weight layers"),
-    width: int = typer.Option(8, "--width", help="K, hidden width"),
-    d_in: int = typer.Option(3, "--d-in"),
-    d_out: int = typer.Option(3, "--d-out"),
-    activation: str = typer.Option("sigmoid", "--activation", help="sigmoid, tanh, relu, gelu, softplus, identity"),
-    steps: int = typer.Option(10, "--steps", help="L, GD steps"),
-    eta: float = typer.Option(2.0, "--eta", help="learning rate"),
-    knots: int = typer.Option(64, "--knots", help="ReLU units per sum-of-ReLU fit"),
-    box: Optional[float] = typer.Option(1.0, "--box", help="projection box |w| <= B; 0 for no projection"),
-    n: int = typer.Option(50, "--n", help="context points"),
+    kind: str = typer.Argument("deep", help="deep (Wu), linear / gdpp (von Oswald), ridge / sgd (Akyürek), "
+                                            "functional (Cheng), convex (Bai)"),
+    depth: int = typer.Option(3, "--depth", help="deep: N, number of weight layers"),
+    width: int = typer.Option(8, "--width", help="deep: K, hidden width"),
+    d_in: Optional[int] = typer.Option(None, "--d-in", help="input dimension (deep: 3, others: 5)"),
+    d_out: int = typer.Option(3, "--d-out", help="deep: output dimension"),
+    activation: str = typer.Option("sigmoid", "--activation", help="deep: sigmoid, tanh, relu, gelu, softplus, "
+                                                                    "identity"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="GD steps (deep: 10, others: 3)"),
+    eta: Optional[float] = typer.Option(None, "--eta", help="learning rate (deep: 2.0, others: 0.3)"),
+    gamma: float = typer.Option(0.5, "--gamma", help="gdpp: curvature correction γ (normalised by n)"),
+    lam: float = typer.Option(0.1, "--lam", help="ridge / sgd / convex: regularisation λ"),
+    kernel: str = typer.Option("rbf", "--kernel", help="functional: linear, relu, exp or rbf"),
+    bandwidth: float = typer.Option(1.0, "--bandwidth", help="functional: rbf bandwidth"),
+    loss: str = typer.Option("squared", "--loss", help="convex: squared or logistic"),
+    variant: str = typer.Option("exact", "--variant", help="ridge / sgd: exact or faithful (GeLU, LayerNorm)"),
+    knots: int = typer.Option(64, "--knots", help="deep / convex logistic: ReLU units per fitted function"),
+    box: Optional[float] = typer.Option(1.0, "--box", help="deep: projection box |w| <= B; 0 for no projection"),
+    n: Optional[int] = typer.Option(None, "--n", help="context points (deep: 50, others: 20)"),
     seed: int = typer.Option(0, "--seed"),
-    sweep: str = typer.Option("16,32,64,128,256", "--sweep", help="knots for the error-vs-knots plot ('' to skip)"),
-    out_dir: Path = typer.Option(Path("construct-out"), "--out-dir", help="where to save the plots"),
+    sweep: str = typer.Option("16,32,64,128,256", "--sweep", help="deep: knots for the error-vs-knots plot "
+                                                                  "('' to skip)"),
+    out_dir: Path = typer.Option(Path("construct-out"), "--out-dir", help="deep: where to save the plots"),
     device: str = DeviceOpt,
 ) -> None:
-    """Build a construction for a spec, run it on a random task and compare it with its reference."""
+    """Build a construction, run it on random prompts and compare it with the algorithm it encodes."""
+    from icgd.experiments.linear_constructions import KINDS
+
+    if kind == "deep":
+        _construct_deep(depth, width, d_in or 3, d_out, activation, steps or 10, 2.0 if eta is None else eta, knots,
+                        box, n or 50, seed, sweep, out_dir, device)
+    elif kind in KINDS:
+        from icgd.experiments.linear_constructions import LinearCheckConfig, run_linear_check
+
+        cfg = LinearCheckConfig(kind=kind, d_in=d_in or 5, n=n or 20, steps=steps or 3,
+                                eta=0.3 if eta is None else eta, gamma=gamma, lam=lam, kernel=kernel,
+                                bandwidth=bandwidth, loss=loss, knots=knots, variant=variant, seed=seed)
+        res = run_linear_check(cfg)
+        console.print(_layer_table(res.summary, f"{kind}: {len(res.summary)} layers"))
+        console.print(f"reference: {res.reference}")
+        console.print(f"max |ŷ_transformer − ŷ_reference| = [bold]{res.max_abs_error:.2e}[/bold] "
+                      f"(relative {res.rel_error:.2e}) on {cfg.batch} prompts × {cfg.m} queries, n = {cfg.n}; "
+                      f"forward pass {res.seconds * 1e3:.1f} ms")
+    else:
+        raise ICGDError(f"unknown construction {kind!r}; available: deep, {', '.join(KINDS)}")
+
+
+def _construct_deep(depth, width, d_in, d_out, activation, steps, eta, knots, box, n, seed, sweep, out_dir,
+                    device) -> None:
     from icgd.experiments.wu_construction import ConstructionConfig, knots_sweep, run_construction
     from icgd.plots import plot_error_vs_knots, plot_error_vs_step
 
-    if kind != "deep":
-        raise ICGDError(f"unknown construction {kind!r}; available: deep")
     try:
         sweep_knots = [int(k) for k in sweep.split(",") if k.strip()]
     except ValueError:
