@@ -1,0 +1,745 @@
+"""Trainable in-context regressors: a GPT-2-style :class:`ICLTransformer` and von Oswald's :class:`LSA`.
+
+:class:`ICLTransformer` is the model of Garg et al. (2022) written in plain PyTorch in the style of nanoGPT: a linear
+read-in of prompt tokens, learned positions, pre-LayerNorm blocks (``x + attn(ln_1(x))``, ``x + mlp(ln_2(x))``), a
+final LayerNorm and a linear read-out. ``forward(X, Y)`` predicts every ``y_i`` from the pairs before it in one
+causal pass. Attention is softmax (fused QKV + ``scaled_dot_product_attention``), ReLU (Bai et al. 2023 Def. 1 /
+Wu et al. 2025 Def. 7, as trained by Wu et al.) or linear; ``loop > 1`` re-applies the same blocks (Yang et al.,
+ICLR 2024, "looped transformers").
+
+:class:`LSA` is the attention-only linear self-attention model of von Oswald et al. (ICML 2023) on ``(x_i, y_i)``
+tokens with query tokens ``(x_q, 0)``; its layers are those of :func:`icgd.constructions.linear_gd`, so a trained
+LSA can be compared with the GD construction matrix for matrix (:meth:`LSA.weights`).
+
+Both expose TransformerLens-style hook points (:meth:`hook_points`, :meth:`hooks`, :meth:`run_with_hooks`,
+:meth:`run_with_cache`); hook functions are called as ``fn(activation, name)`` and may return a replacement.
+
+Shapes: B prompts, n context points, m queries, T tokens, E = n_embd, H heads, dh = E / H.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from functools import cached_property
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from icgd._checks import as_float_tensor, check_last_dim, positive_float, positive_int
+from icgd.errors import ICGDError, ShapeError, SpecError
+from icgd.layers.transformer import HookPoint
+
+HookFn = Callable[[torch.Tensor, str], torch.Tensor | None]
+
+ATTENTION_KINDS = ("softmax", "relu", "linear")
+TOKEN_FORMATS = ("interleaved", "concat")
+# GELU with erf is GPT-2's GELU computed exactly; PyTorch's CPU kernel for the tanh approximation that GPT-2
+# shipped ("gelu_tanh") is about 3x slower, and the two differ by < 1e-3
+MLP_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "relu": nn.ReLU,
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# hooks shared by both models
+
+
+class ModelCache(dict):
+    """Activations by full hook name; ``cache["resid_post", 3]``, ``cache["pattern", -1]`` and, for looped models,
+    ``cache["resid_post", 3, k]`` (pass k) are shorthands in the style of TransformerLens."""
+
+    def __init__(self, *args, n_layer: int = 0, looped: bool = False):
+        super().__init__(*args)
+        self.n_layer, self.looped = n_layer, looped
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            kind, layer, *rest = key
+            layer = layer % self.n_layer if self.n_layer else layer
+            name = f"blocks.{layer}.attn.hook_pattern" if kind == "pattern" else f"blocks.{layer}.hook_{kind}"
+            if self.looped:
+                name = f"loop.{rest[0] if rest else 0}.{name}"
+            key = name
+        return super().__getitem__(key)
+
+
+class HookedModel(nn.Module):
+    """Hook dispatch in the spirit of TransformerLens's ``HookedRootModule``.
+
+    Every :class:`~icgd.layers.HookPoint` is named by its module path (``blocks.2.attn.hook_pattern``). A model
+    whose forward pass runs its blocks several times (``loop > 1``) sets :attr:`_prefix` to ``"loop.{k}."``
+    during pass k: full hook names then carry that prefix, and a hook registered under a plain name fires on
+    every pass while one registered under ``loop.{k}.…`` fires on pass k only.
+    """
+
+    _passes: int = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._prefix = ""
+
+    def _name_hook_points(self) -> None:
+        for name, mod in self.named_modules():
+            if isinstance(mod, HookPoint):
+                mod.name = name
+
+    def hook_points(self) -> dict[str, HookPoint]:
+        """Hook points by module path (without loop prefix)."""
+        return {name: mod for name, mod in self.named_modules() if isinstance(mod, HookPoint)}
+
+    def _prefixes(self) -> list[str]:
+        return [""] if self._passes == 1 else [f"loop.{k}." for k in range(self._passes)]
+
+    def hook_names(self) -> list[str]:
+        """Every full hook name a forward pass can produce."""
+        return [p + name for p in self._prefixes() for name in self.hook_points()]
+
+    def _resolve(self, name: str) -> tuple[str, str | None]:
+        """``name`` → (hook-point path, the pass prefix it is restricted to or None for every pass)."""
+        points, prefix = self.hook_points(), None
+        if name.startswith("loop."):
+            head, _, rest = name[5:].partition(".")
+            if not head.isdigit() or int(head) >= self._passes:
+                raise ICGDError(f"no hook point {name!r}: this model runs {self._passes} pass(es), "
+                                f"so loop prefixes go from 'loop.0.' to 'loop.{self._passes - 1}.'")
+            prefix, name = (f"loop.{head}." if self._passes > 1 else ""), rest
+        if name not in points:
+            example = next(iter(points), "blocks.0.hook_resid_post")
+            raise ICGDError(f"no hook point {name!r}; names look like {example!r} (see model.hook_names())")
+        return name, prefix
+
+    @contextmanager
+    def hooks(self, fwd_hooks: Iterable[tuple[str, HookFn]]) -> Iterator[HookedModel]:
+        """Attach ``(name, fn)`` hooks for the duration of the block. ``fn(activation, full_name)`` may return a
+        replacement activation. Hooks are always removed on exit."""
+        points, handles = self.hook_points(), []
+
+        def wrap(fn: HookFn, only: str | None):
+            def hook(mod, args, out):
+                if only is not None and self._prefix != only:
+                    return None
+                return fn(out, self._prefix + mod.name)
+            return hook
+
+        try:
+            for name, fn in fwd_hooks:
+                path, only = self._resolve(name)
+                handles.append(points[path].register_forward_hook(wrap(fn, only)))
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+
+    def run_with_hooks(self, *inputs, fwd_hooks: Iterable[tuple[str, HookFn]]) -> torch.Tensor:
+        """``self(*inputs)`` with the hooks attached."""
+        with self.hooks(fwd_hooks):
+            return self(*inputs)
+
+    def run_with_cache(self, *inputs, names_filter: Callable[[str], bool] | None = None
+                       ) -> tuple[torch.Tensor, ModelCache]:
+        """The output and every hooked activation (detached), keyed by full hook name in execution order.
+
+        Caching ``attn.hook_pattern`` makes softmax attention materialise its ``(B, H, T, T)`` weights instead of
+        using the fused kernel; filter it out (``names_filter``) for a cheaper cache."""
+        cache = ModelCache(n_layer=len(getattr(self, "blocks", [])), looped=self._passes > 1)
+
+        def save(act: torch.Tensor, name: str) -> None:
+            if names_filter is None or names_filter(name):
+                cache[name] = act.detach()
+
+        wanted = [path for path in self.hook_points()
+                  if names_filter is None or any(names_filter(p + path) for p in self._prefixes())]
+        out = self.run_with_hooks(*inputs, fwd_hooks=[(path, save) for path in wanted])
+        return out, cache
+
+
+def _hooked(point: HookPoint) -> bool:
+    """Whether anything listens to `point` (then activations that are normally fused away are materialised)."""
+    return bool(point._forward_hooks)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# ICLTransformer
+
+
+@dataclass(frozen=True)
+class ICLTransformerConfig:
+    """Hyper-parameters of :class:`ICLTransformer`; ``ICLTransformer(**asdict(config))`` rebuilds the model."""
+
+    d_in: int
+    d_out: int = 1
+    n_layer: int = 12
+    n_head: int = 8
+    n_embd: int = 256
+    attention: str = "softmax"  # "softmax" | "relu" | "linear"
+    causal: bool = True
+    token_format: str = "interleaved"  # "interleaved" (Garg) | "concat" (one token per point)
+    max_points: int = 101  # bound of the learned positions, in points (Garg's n_positions)
+    mlp: bool = True
+    layernorm: bool = True
+    loop: int = 1  # passes through the shared blocks (looped transformer)
+    loop_inject: bool = False  # add the embedded input before every pass after the first (Yang et al.)
+    d_mlp: int | None = None  # MLP width; None = 4 * n_embd as in GPT-2
+    mlp_activation: str = "gelu"  # "gelu" (exact) | "gelu_tanh" (GPT-2's approximation) | "relu"
+
+    def __post_init__(self) -> None:
+        for name in ("d_in", "d_out", "n_layer", "n_head", "n_embd", "max_points", "loop"):
+            positive_int(getattr(self, name), name)
+        if self.d_mlp is not None:
+            positive_int(self.d_mlp, "d_mlp")
+        if self.n_embd % self.n_head:
+            raise SpecError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}; "
+                            f"pick n_embd as a multiple of the number of heads")
+        if self.attention not in ATTENTION_KINDS:
+            raise SpecError(f"unknown attention {self.attention!r}; choose one of {', '.join(ATTENTION_KINDS)}")
+        if self.mlp_activation not in MLP_ACTIVATIONS:
+            raise SpecError(f"unknown mlp_activation {self.mlp_activation!r}; "
+                            f"choose one of {', '.join(MLP_ACTIVATIONS)}")
+        if self.token_format not in TOKEN_FORMATS:
+            raise SpecError(f"unknown token_format {self.token_format!r}; choose one of {', '.join(TOKEN_FORMATS)}")
+        for name in ("causal", "mlp", "layernorm", "loop_inject"):
+            if not isinstance(getattr(self, name), bool):
+                raise SpecError(f"{name} must be True or False, got {getattr(self, name)!r}")
+
+    @property
+    def token_dim(self) -> int:
+        return self.d_in + self.d_out + (1 if self.token_format == "concat" else 0)
+
+    @property
+    def tokens_per_point(self) -> int:
+        return 2 if self.token_format == "interleaved" else 1
+
+
+class Visibility:
+    """Which keys each query token reads: causal (token t reads s ≤ t) or an explicit boolean ``(T_q, T)`` mask.
+
+    ``weights`` is the 0/1 mask as floats and ``inv_count`` the reciprocal number of visible keys per query token
+    ``(T_q, 1)``, the normalisation of ReLU and linear attention."""
+
+    def __init__(self, T: int, device: torch.device, dtype: torch.dtype, allowed: torch.Tensor | None = None):
+        self.T, self.device, self.dtype = T, device, dtype
+        self.is_causal = allowed is None
+        self._allowed = allowed
+
+    def rows(self, keep: slice) -> Visibility:
+        """The visibility of the query tokens `keep` only (all tokens stay keys)."""
+        sub = Visibility(self.T, self.device, self.dtype, self.allowed[keep])
+        sub.inv_count = self.inv_count[keep]
+        return sub
+
+    @cached_property
+    def allowed(self) -> torch.Tensor:
+        if self._allowed is None:
+            return torch.ones(self.T, self.T, dtype=torch.bool, device=self.device).tril_()
+        return self._allowed
+
+    @cached_property
+    def weights(self) -> torch.Tensor:
+        return self.allowed.to(self.dtype)
+
+    @cached_property
+    def inv_count(self) -> torch.Tensor:
+        if self.is_causal:
+            return 1.0 / torch.arange(1, self.T + 1, device=self.device, dtype=self.dtype)[:, None]
+        return 1.0 / self.allowed.sum(-1, keepdim=True).to(self.dtype)
+
+
+def softmax_attention(q, k, v, vis: Visibility, hook: HookPoint) -> torch.Tensor:
+    """``softmax(q kᵀ/√dh) v`` over the visible keys; the fused SDPA kernel unless `hook` listens."""
+    if not _hooked(hook):
+        if vis.is_causal:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=vis.allowed)
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, H, T, T)
+    att = torch.softmax(att.masked_fill(~vis.allowed, float("-inf")), dim=-1)
+    return hook(att) @ v
+
+
+def _scores(q, k, vis: Visibility) -> torch.Tensor:
+    """Masked raw scores ``q kᵀ`` (B, H, T, T); the 1/√dh scale is applied later, on the (T, dh) output, which
+    is exact for linear scores and for ReLU (relu(c·s) = c·relu(s) for c > 0)."""
+    att = q @ k.transpose(-2, -1)
+    # in place is safe: matmul's backward does not need its output
+    return att.tril_() if vis.is_causal else att.mul_(vis.weights)
+
+
+def _normalised(att, v, vis: Visibility, hook: HookPoint) -> torch.Tensor:
+    """``pattern @ v`` with pattern = att · (1/√dh) / (number of visible keys)."""
+    scale = vis.inv_count * (1.0 / math.sqrt(v.shape[-1]))  # (T, 1)
+    if _hooked(hook):  # materialise the pattern actually applied to the values
+        return hook(att * scale) @ v
+    return (att @ v).mul_(scale)  # scale the (T, dh) output, not the (T, T) scores
+
+
+def relu_attention(q, k, v, vis: Visibility, hook: HookPoint) -> torch.Tensor:
+    """``(1/|visible_t|) Σ_{s visible} relu(⟨q_t, k_s⟩/√dh) v_s``: Wu/Bai's ReLU attention normalised by the number
+    of keys each token sees (t + 1 under the causal mask), with GPT-2's 1/√dh score scale."""
+    return _normalised(_scores(q, k, vis).relu_(), v, vis, hook)
+
+
+def linear_attention(q, k, v, vis: Visibility, hook: HookPoint) -> torch.Tensor:
+    """``(1/|visible_t|) Σ_{s visible} (⟨q_t, k_s⟩/√dh) v_s``: linear attention normalised like ReLU attention."""
+    return _normalised(_scores(q, k, vis), v, vis, hook)
+
+
+ATTENTION: dict[str, Callable[..., torch.Tensor]] = {
+    "softmax": softmax_attention, "relu": relu_attention, "linear": linear_attention,
+}
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with one fused QKV projection (nanoGPT's ``CausalSelfAttention``)."""
+
+    def __init__(self, cfg: ICLTransformerConfig):
+        super().__init__()
+        self.n_head, self.n_embd = cfg.n_head, cfg.n_embd
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.attend = ATTENTION[cfg.attention]
+        self.hook_pattern = HookPoint("")  # (B, H, T, T), only when hooked
+
+    def forward(self, x: torch.Tensor, vis: Visibility, keep: slice | None = None) -> torch.Tensor:
+        """Attention output of every token, or of the query tokens `keep` only (all tokens stay keys)."""
+        B, T, E = x.shape
+        q, k, v = self.c_attn(x).split(E, dim=2)
+        q = q.view(B, T, self.n_head, E // self.n_head).transpose(1, 2)  # (B, H, T, dh)
+        k = k.view(B, T, self.n_head, E // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, E // self.n_head).transpose(1, 2)
+        if keep is not None:
+            q, vis = q[:, :, keep], vis.rows(keep)
+        y = self.attend(q, k, v, vis, self.hook_pattern)  # (B, H, T_q, dh)
+        return self.c_proj(y.transpose(1, 2).reshape(B, q.shape[2], E))
+
+
+class _GeluProj(torch.autograd.Function):
+    """``linear(gelu(h), W, b)`` that saves only h: the GELU output, as large as h, is recomputed in backward.
+
+    Saves B·T·d_mlp floats per block of training memory for one extra elementwise GELU (first-order gradients
+    only)."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, approximate: str):
+        ctx.save_for_backward(h, weight)
+        ctx.approximate = approximate
+        return F.linear(F.gelu(h, approximate=approximate), weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        h, weight = ctx.saved_tensors
+        a = F.gelu(h, approximate=ctx.approximate)
+        g2 = grad.reshape(-1, grad.shape[-1])
+        grad_w = g2.T @ a.reshape(-1, a.shape[-1])
+        grad_h = torch.ops.aten.gelu_backward(grad @ weight, h, approximate=ctx.approximate)
+        return grad_h, grad_w, g2.sum(0), None
+
+
+class MLP(nn.Module):
+    """GPT-2's position-wise MLP: Linear → GELU → Linear (GELU recomputed in backward, see :class:`_GeluProj`)."""
+
+    def __init__(self, cfg: ICLTransformerConfig):
+        super().__init__()
+        width = cfg.d_mlp or 4 * cfg.n_embd
+        self.c_fc = nn.Linear(cfg.n_embd, width)
+        self.act = MLP_ACTIVATIONS[cfg.mlp_activation]()
+        self.c_proj = nn.Linear(width, cfg.n_embd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c_fc(x)
+        if isinstance(self.act, nn.GELU) and torch.is_grad_enabled():
+            return _GeluProj.apply(h, self.c_proj.weight, self.c_proj.bias, self.act.approximate)
+        return self.c_proj(self.act(h))
+
+
+def _normal_(p: torch.Tensor, std: float, generator: torch.Generator | None) -> None:
+    """Fill `p` with N(0, std²) draws from `generator` (a CPU generator works for parameters on any device)."""
+    device = generator.device if generator is not None else p.device
+    p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype, device=device) * std)
+
+
+def _norm(cfg: ICLTransformerConfig) -> nn.Module:
+    return nn.LayerNorm(cfg.n_embd) if cfg.layernorm else nn.Identity()
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: ``x + attn(ln_1(x))`` then ``x + mlp(ln_2(x))``."""
+
+    def __init__(self, cfg: ICLTransformerConfig):
+        super().__init__()
+        self.ln_1 = _norm(cfg)
+        self.attn = SelfAttention(cfg)
+        self.ln_2 = _norm(cfg) if cfg.mlp else None
+        self.mlp = MLP(cfg) if cfg.mlp else None
+        self.hook_resid_pre = HookPoint("")  # (B, T, E)
+        self.hook_attn_out = HookPoint("")  # (B, T, E)
+        self.hook_resid_mid = HookPoint("")  # (B, T, E), only with an MLP
+        self.hook_mlp_out = HookPoint("")  # (B, T, E), only with an MLP
+        self.hook_resid_post = HookPoint("")  # (B, T, E)
+
+    def forward(self, x: torch.Tensor, vis: Visibility, keep: slice | None = None) -> torch.Tensor:
+        """The block on every token, or, with `keep`, only the outputs of those tokens (the last block of a model
+        needs only the prediction tokens: their attention still reads every token)."""
+        x = self.hook_resid_pre(x)
+        x = (x if keep is None else x[:, keep]) + self.hook_attn_out(self.attn(self.ln_1(x), vis, keep))
+        if self.mlp is not None:
+            x = self.hook_resid_mid(x)
+            x = x + self.hook_mlp_out(self.mlp(self.ln_2(x)))
+        return self.hook_resid_post(x)
+
+
+class ICLTransformer(HookedModel):
+    """GPT-2-style transformer trained to regress in context (Garg et al. 2022), no dependency on another model
+    library. ``forward(X, Y)`` returns the prediction of every ``y_i`` from ``(x_1, y_1, …, x_{i−1}, y_{i−1}, x_i)``,
+    ``(B, n, d_out)``; ``forward(X, Y, x_query)`` predicts each query from all n pairs, ``(B, m, d_out)``.
+
+    **Token formats** (read in by one ``Linear(token_dim → n_embd)``, token_dim as listed):
+
+    * ``"interleaved"`` (Garg): ``[x̃_1, ỹ_1, …, x̃_n, ỹ_n]`` with ``x̃ = [x, 0_{d_out}]`` and ``ỹ = [0_{d_in}, y]``
+      (token_dim = d_in + d_out, T = 2n); the prediction of ``y_i`` is read at ``x̃_i``.
+    * ``"concat"``: one token per point, ``e_i = [x_i, y_{i−1}, 1{i>1}]`` (``y_0 = 0``; the flag marks a real
+      previous label), token_dim = d_in + d_out + 1, T = n; the prediction of ``y_i`` is read at ``e_i``, which
+      holds ``x_i`` and the previous label only, so under the causal mask it sees exactly the pairs ``< i`` and
+      ``x_i``.
+
+    **Queries** (``x_query`` given): m query tokens are appended after the context tokens, each at the position
+    the next point's prediction token would take (``[x_q, 0]`` at 2n, or ``[x_q, y_n, 1]`` at n); each query
+    reads every context token and itself, never another query. With ``causal=True`` the context is causally
+    masked as in training, so a query's prediction equals the prefix prediction at point n + 1.
+    ``causal=False`` lets context tokens read each other both ways; it is only allowed with queries, since
+    the prefix predictions would see their own labels.
+
+    **Attention**: ``"softmax"`` uses ``scaled_dot_product_attention``; ``"relu"`` is Wu/Bai's ReLU attention and
+    ``"linear"`` plain linear attention, both normalised by the number of visible tokens (t + 1 for token t under
+    the causal mask) and scaled by 1/√dh like GPT-2's scores.
+
+    **Speed and memory** (CPU training is matmul-bound): one fused QKV projection; the fused SDPA kernel; for
+    ReLU/linear attention the masks, 1/√dh and the 1/(t+1) normalisation are applied in place or to the (T, dh)
+    output instead of the (T, T) scores; exact GELU (PyTorch's tanh-approximate kernel is ~3x slower on CPU),
+    recomputed in backward instead of stored; only the prediction tokens go through the last block's
+    attention queries, MLP and the final LayerNorm (all tokens stay keys). The last shortcut is skipped while a
+    hook listens to the last block or ``hook_resid_final``, so cached activations keep every token.
+
+    **Looping** (``loop = L > 1``): the ``n_layer`` blocks are applied L times with shared weights (Yang et al.
+    2024); with ``loop_inject`` the embedded input is added to the residual stream before every pass after the
+    first (their ``z ← f(z + x)``). :meth:`loop_predictions` reads out after every pass.
+
+    **Hook points** (full names; prefixed by ``loop.{k}.`` when ``loop > 1``): ``hook_embed`` (read-in +
+    positions), ``blocks.{i}.hook_resid_pre``, ``blocks.{i}.attn.hook_pattern`` (B, H, T, T),
+    ``blocks.{i}.hook_attn_out``, ``blocks.{i}.hook_resid_mid``, ``blocks.{i}.hook_mlp_out``,
+    ``blocks.{i}.hook_resid_post``, ``hook_resid_final`` (before the final LayerNorm, once per pass);
+    ``hook_embed`` fires once, in pass 0. Softmax attention weights are only materialised when a hook
+    listens to ``hook_pattern`` (SDPA does not expose them); ReLU/linear patterns are normalised weights.
+
+    **Initialisation** (GPT-2): weights N(0, 0.02²), the residual projections (``c_proj``) N(0, (0.02/√(2·n_layer))²),
+    biases 0, LayerNorm (1, 0); pass a ``torch.Generator`` for a reproducible init.
+    """
+
+    def __init__(self, d_in: int, d_out: int = 1, *, n_layer: int, n_head: int, n_embd: int,
+                 attention: str = "softmax", causal: bool = True, token_format: str = "interleaved",
+                 max_points: int = 101, mlp: bool = True, layernorm: bool = True, loop: int = 1,
+                 loop_inject: bool = False, d_mlp: int | None = None, mlp_activation: str = "gelu",
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        cfg = ICLTransformerConfig(d_in, d_out, n_layer, n_head, n_embd, attention, causal, token_format,
+                                   max_points, mlp, layernorm, loop, loop_inject, d_mlp, mlp_activation)
+        self.config = cfg
+        self._passes = cfg.loop
+        self.read_in = nn.Linear(cfg.token_dim, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.tokens_per_point * cfg.max_points, cfg.n_embd)
+        self.hook_embed = HookPoint("")  # (B, T, E)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.hook_resid_final = HookPoint("")  # (B, T, E)
+        self.ln_f = _norm(cfg)
+        self.read_out = nn.Linear(cfg.n_embd, cfg.d_out)
+        self._name_hook_points()
+        self.reset_parameters(generator)
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """GPT-2 initialisation (see the class docstring), drawn from `generator` when given."""
+        std, proj_std = 0.02, 0.02 / math.sqrt(2 * self.config.n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                _normal_(p, proj_std, generator)
+            elif name.endswith("weight") and p.dim() >= 2:
+                _normal_(p, std, generator)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+            else:  # LayerNorm gains
+                nn.init.ones_(p)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # --- inputs ---------------------------------------------------------------------------------------------
+
+    def _check(self, X, Y, x_query) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        cfg, p = self.config, self.read_in.weight
+        X = as_float_tensor(X, "X", p.dtype).to(p.device)
+        Y = as_float_tensor(Y, "Y", p.dtype).to(p.device)
+        for name, t in (("X", X), ("Y", Y)):
+            if t.dim() != 3:
+                raise ShapeError(f"{name} must be (batch, n, dim), got shape {tuple(t.shape)}; add a batch axis "
+                                 f"with {name}[None]{' or an output axis with Y[..., None]' if name == 'Y' else ''}")
+        check_last_dim(X, "X", cfg.d_in, "the model's d_in")
+        check_last_dim(Y, "Y", cfg.d_out, "the model's d_out")
+        if Y.shape[:2] != X.shape[:2]:
+            raise ShapeError(f"Y has shape {tuple(Y.shape)}, expected {tuple(X.shape[:2]) + (cfg.d_out,)} to match X")
+        n = X.shape[1]
+        if n < 1:
+            raise ShapeError("the prompt needs at least one (x, y) pair")
+        if x_query is None:
+            if not cfg.causal:
+                raise SpecError("a non-causal ICLTransformer sees y_i when predicting y_i; pass x_query to predict "
+                                "queries from the whole context, or build the model with causal=True")
+            if n > cfg.max_points:
+                raise ShapeError(f"the prompt has {n} points but the model has learned positions for "
+                                 f"max_points={cfg.max_points}; shorten the prompt or build a larger model")
+            return X, Y, None
+        xq = as_float_tensor(x_query, "x_query", p.dtype).to(p.device)
+        if xq.dim() != 3 or xq.shape[0] != X.shape[0]:
+            raise ShapeError(f"x_query must be (batch, m, d_in) with batch {X.shape[0]}, got {tuple(xq.shape)}")
+        check_last_dim(xq, "x_query", cfg.d_in, "the model's d_in")
+        if n + 1 > cfg.max_points:
+            raise ShapeError(f"queries after {n} context points sit at point {n + 1} but the model has learned "
+                             f"positions for max_points={cfg.max_points}; shorten the context or build a larger model")
+        return X, Y, xq
+
+    def _tokens(self, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+        """Context tokens already read in, ``(B, T_ctx, E)`` (no positions)."""
+        W, b, d_in = self.read_in.weight, self.read_in.bias, self.config.d_in
+        if self.config.token_format == "interleaved":
+            # [x, 0] and [0, y] tokens: read in each half separately, then interleave x̃_1, ỹ_1, x̃_2, …
+            ex, ey = X @ W[:, :d_in].T, Y @ W[:, d_in:].T  # (B, n, E) each
+            return torch.stack((ex, ey), dim=2).flatten(1, 2) + b  # (B, 2n, E)
+        B, n, _ = X.shape
+        y_prev = torch.cat((Y.new_zeros(B, 1, Y.shape[-1]), Y[:, :-1]), dim=1)
+        flag = torch.ones(B, n, 1, dtype=X.dtype, device=X.device)
+        flag[:, 0] = 0
+        return self.read_in(torch.cat((X, y_prev, flag), dim=-1))  # (B, n, E)
+
+    def _query_tokens(self, xq: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+        W, b, d_in = self.read_in.weight, self.read_in.bias, self.config.d_in
+        if self.config.token_format == "interleaved":
+            return xq @ W[:, :d_in].T + b  # [x_q, 0]
+        B, m, _ = xq.shape
+        tail = torch.cat((Y[:, -1:].expand(B, m, -1), xq.new_ones(B, m, 1)), dim=-1)  # [y_n, 1]
+        return self.read_in(torch.cat((xq, tail), dim=-1))
+
+    def _embed(self, X, Y, xq) -> tuple[torch.Tensor, Visibility, slice]:
+        """Embedded tokens, their visibility and the slice of the prediction tokens."""
+        h = self._tokens(X, Y)
+        T_ctx = h.shape[1]
+        pos = torch.arange(T_ctx, device=h.device)
+        if xq is None:
+            h = h + self.wpe(pos)
+            vis = Visibility(T_ctx, h.device, h.dtype)
+            step = self.config.tokens_per_point
+            return h, vis, slice(0, T_ctx, step)
+        m = xq.shape[1]
+        h = torch.cat((h + self.wpe(pos), self._query_tokens(xq, Y) + self.wpe.weight[T_ctx]), dim=1)
+        T = T_ctx + m
+        allowed = torch.zeros(T, T, dtype=torch.bool, device=h.device)
+        ctx = torch.ones(T_ctx, T_ctx, dtype=torch.bool, device=h.device)
+        allowed[:T_ctx, :T_ctx] = ctx.tril_() if self.config.causal else ctx
+        allowed[T_ctx:, :T_ctx] = True
+        allowed[T_ctx:, T_ctx:] = torch.eye(m, dtype=torch.bool, device=h.device)
+        return h, Visibility(T, h.device, h.dtype, allowed), slice(T_ctx, T)
+
+    # --- forward --------------------------------------------------------------------------------------------
+
+    def _prunable(self, out: slice, T: int) -> bool:
+        """Whether the last block may compute the prediction tokens only: not when they are all the tokens, nor
+        when a hook listens to the last block or the final residual stream (their shapes would change)."""
+        if out == slice(0, T, 1):
+            return False
+        points = [self.hook_resid_final, *(m for m in self.blocks[-1].modules() if isinstance(m, HookPoint))]
+        return not any(_hooked(p) for p in points)
+
+    def _passes_iter(self, X, Y, x_query) -> Iterator[torch.Tensor]:
+        """The residual stream of the prediction tokens after every pass through the blocks."""
+        X, Y, xq = self._check(X, Y, x_query)
+        e, vis, out = self._embed(X, Y, xq)
+        try:
+            self._prefix = "loop.0." if self._passes > 1 else ""
+            h = e = self.hook_embed(e)
+            for k in range(self.config.loop):
+                self._prefix = f"loop.{k}." if self._passes > 1 else ""
+                if k and self.config.loop_inject:
+                    h = h + e
+                last = k == self.config.loop - 1
+                prune = last and self._prunable(out, h.shape[1])
+                for i, block in enumerate(self.blocks):
+                    h = block(h, vis, out if prune and i == len(self.blocks) - 1 else None)
+                h = self.hook_resid_final(h)
+                yield h if prune else h[:, out]
+        finally:
+            self._prefix = ""
+
+    def _read_out(self, h: torch.Tensor) -> torch.Tensor:
+        return self.read_out(self.ln_f(h))
+
+    def forward(self, X, Y, x_query=None) -> torch.Tensor:
+        """``(B, n, d_out)`` prefix predictions, or ``(B, m, d_out)`` query predictions when `x_query` is given."""
+        for h in self._passes_iter(X, Y, x_query):
+            pass
+        return self._read_out(h)
+
+    def loop_predictions(self, X, Y, x_query=None) -> torch.Tensor:
+        """Predictions read out after every pass, ``(loop, B, n or m, d_out)`` (Yang et al.'s loss uses them)."""
+        return torch.stack([self._read_out(h) for h in self._passes_iter(X, Y, x_query)])
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"attention={c.attention!r}, token_format={c.token_format!r}, causal={c.causal}, loop={c.loop}, "
+                f"params={self.num_params()}")
+
+    def to_dict(self) -> dict:
+        """The constructor arguments (JSON-friendly), e.g. for checkpoints."""
+        return asdict(self.config)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# LSA
+
+
+class LSALayer(nn.Module):
+    """One multi-head linear self-attention layer (von Oswald et al. Eq. 6), keys and values from the context::
+
+        e_j ← e_j + (1/n) Σ_h P_h W_V^h Σ_{i≤n} e_i e_iᵀ W_K^hᵀ W_Q^h e_j
+
+    ``W_Q, W_K, W_V, P`` are ``(H, D, D)`` parameters acting on column vectors (the paper's orientation)."""
+
+    def __init__(self, D: int, n_head: int):
+        super().__init__()
+        self.W_Q = nn.Parameter(torch.empty(n_head, D, D))
+        self.W_K = nn.Parameter(torch.empty(n_head, D, D))
+        self.W_V = nn.Parameter(torch.empty(n_head, D, D))
+        self.P = nn.Parameter(torch.empty(n_head, D, D))
+
+    def forward(self, e: torch.Tensor, n: int, hook_pattern: HookPoint) -> torch.Tensor:
+        ctx = e[:, :n]  # (B, n, D): the query tokens are neither keys nor values
+        q = torch.einsum("hij,btj->bhti", self.W_Q, e)  # (B, H, T, D)
+        k = torch.einsum("hij,bsj->bhsi", self.W_K, ctx)  # (B, H, n, D)
+        v = torch.einsum("hij,bsj->bhsi", self.W_V, ctx)  # (B, H, n, D)
+        att = hook_pattern((q @ k.transpose(-2, -1)) * (1.0 / n))  # (B, H, T, n)
+        return e + torch.einsum("hij,bhtj->bti", self.P, att @ v)
+
+
+class _PatternHook(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.hook_pattern = HookPoint("")  # (B, H, n + m, n)
+
+
+class _LSABlock(nn.Module):
+    """Hook points around application i of an LSA layer (weights live in ``LSA.layers``, shared or not)."""
+
+    def __init__(self):
+        super().__init__()
+        self.hook_resid_pre = HookPoint("")  # (B, n + m, D)
+        self.attn = _PatternHook()
+        self.hook_resid_post = HookPoint("")  # (B, n + m, D)
+
+
+class LSA(HookedModel):
+    """von Oswald et al.'s attention-only linear transformer on tokens ``e_i = (x_i, y_i)`` (context) and
+    ``(x_q, 0)`` (queries), D = d_in + d_out. Each of the `n_layer` layers is an :class:`LSALayer` (keys and values
+    from the n context tokens only, divided by n: icgd's normalised convention, the paper puts 1/N in P); the
+    prediction is minus the query's y-slot (the paper's read-out). Queries do not interact, so m queries are
+    answered in one pass. ``shared=True`` applies one layer `n_layer` times (the paper's recurrent models).
+
+    The layer equation is that of :func:`icgd.constructions.linear_gd`: with every layer set to
+    :func:`icgd.constructions.von_oswald_weights` (:meth:`set_weights`) the LSA runs GD exactly.
+
+    Initialisation: every entry N(0, init_std²), init_std = √(0.002 / D) by default (the paper's code scales its
+    init by 0.002).
+
+    Hook points: ``blocks.{i}.hook_resid_pre``, ``blocks.{i}.attn.hook_pattern`` (B, H, n + m, n: the scores
+    ``⟨W_Q e_t, W_K e_s⟩ / n``), ``blocks.{i}.hook_resid_post`` for every application i (also when shared).
+    """
+
+    def __init__(self, d_in: int, d_out: int = 1, *, n_layer: int, shared: bool = False, n_head: int = 1,
+                 init_std: float | None = None, generator: torch.Generator | None = None):
+        super().__init__()
+        self.d_in, self.d_out = positive_int(d_in, "d_in"), positive_int(d_out, "d_out")
+        self.n_layer, self.n_head = positive_int(n_layer, "n_layer"), positive_int(n_head, "n_head")
+        if not isinstance(shared, bool):
+            raise SpecError(f"shared must be True or False, got {shared!r}")
+        self.shared = shared
+        self.dim = D = d_in + d_out
+        self.init_std = math.sqrt(0.002 / D) if init_std is None else positive_float(init_std, "init_std", True)
+        self.layers = nn.ModuleList(LSALayer(D, n_head) for _ in range(1 if shared else n_layer))
+        self.blocks = nn.ModuleList(_LSABlock() for _ in range(n_layer))
+        self._name_hook_points()
+        self.reset_parameters(generator)
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        for p in self.parameters():
+            _normal_(p, self.init_std, generator)
+
+    def layer(self, i: int) -> LSALayer:
+        """The weights applied at layer i (the same module for every i when shared)."""
+        if not (isinstance(i, int) and -self.n_layer <= i < self.n_layer):
+            raise SpecError(f"layer must be an integer in [0, {self.n_layer}), got {i!r}")
+        return self.layers[0 if self.shared else i % self.n_layer]
+
+    def weights(self, layer: int = 0) -> dict[str, torch.Tensor]:
+        """Detached copies of ``W_K, W_Q, W_V, P`` of one layer: ``(D, D)`` each with one head, else ``(H, D, D)``,
+        the same convention as :func:`icgd.constructions.von_oswald_weights`."""
+        mod = self.layer(layer)
+        out = {name: getattr(mod, name).detach().clone() for name in ("W_K", "W_Q", "W_V", "P")}
+        return {k: v[0] for k, v in out.items()} if self.n_head == 1 else out
+
+    @torch.no_grad()
+    def set_weights(self, layer: int, weights: dict[str, torch.Tensor]) -> None:
+        """Copy ``W_K, W_Q, W_V, P`` (``(D, D)`` for every head, or ``(H, D, D)``) into one layer (into the shared
+        layer when ``shared=True``, which changes every layer)."""
+        mod, D, H = self.layer(layer), self.dim, self.n_head
+        unknown = set(weights) - {"W_K", "W_Q", "W_V", "P"}
+        if unknown:
+            raise SpecError(f"unknown weight names {sorted(unknown)}; use W_K, W_Q, W_V and P")
+        for name, value in weights.items():
+            t = as_float_tensor(value, name)
+            if t.shape == (D, D):
+                t = t.expand(H, D, D)
+            if t.shape != (H, D, D):
+                raise ShapeError(f"{name} must be ({D}, {D}) or ({H}, {D}, {D}), got {tuple(t.shape)}")
+            getattr(mod, name).copy_(t)
+
+    def _check(self, X, Y, x_query) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        p = self.layers[0].W_Q
+        X = as_float_tensor(X, "X", p.dtype).to(p.device)
+        Y = as_float_tensor(Y, "Y", p.dtype).to(p.device)
+        xq = as_float_tensor(x_query, "x_query", p.dtype).to(p.device)
+        for name, t in (("X", X), ("Y", Y), ("x_query", xq)):
+            if t.dim() != 3:
+                raise ShapeError(f"{name} must be (batch, points, dim), got shape {tuple(t.shape)}")
+        check_last_dim(X, "X", self.d_in, "the model's d_in")
+        check_last_dim(Y, "Y", self.d_out, "the model's d_out")
+        check_last_dim(xq, "x_query", self.d_in, "the model's d_in")
+        if Y.shape[:2] != X.shape[:2] or xq.shape[0] != X.shape[0]:
+            raise ShapeError(f"X {tuple(X.shape)}, Y {tuple(Y.shape)} and x_query {tuple(xq.shape)} must share the "
+                             f"batch size, and X and Y the number of points")
+        if X.shape[1] < 1:
+            raise ShapeError("the prompt needs at least one (x, y) pair")
+        return X, Y, xq
+
+    def forward(self, X, Y, x_query) -> torch.Tensor:
+        """Predictions for the queries, ``(B, m, d_out)``."""
+        X, Y, xq = self._check(X, Y, x_query)
+        n = X.shape[1]
+        queries = torch.cat((xq, xq.new_zeros(*xq.shape[:2], self.d_out)), dim=-1)
+        e = torch.cat((torch.cat((X, Y), dim=-1), queries), dim=1)  # (B, n + m, D)
+        for i, block in enumerate(self.blocks):
+            e = block.hook_resid_pre(e)
+            e = block.hook_resid_post(self.layer(i)(e, n, block.attn.hook_pattern))
+        return -e[:, n:, self.d_in:]
+
+    def extra_repr(self) -> str:
+        return (f"d_in={self.d_in}, d_out={self.d_out}, n_layer={self.n_layer}, n_head={self.n_head}, "
+                f"shared={self.shared}")
