@@ -142,7 +142,8 @@ def test_lsa_smoke_reaches_gd_and_aligns_with_the_construction(tmp_path):
     model.load_state_dict({k: v.double() for k, v in load_checkpoint(tmp_path).model.items()})
     p = make_task(cfg.task, d=cfg.d_in, **cfg.task_kwargs).sample(512, cfg.n_points, seed=7, step=0, m=1,
                                                                    dtype=torch.float64)
-    cos = model_cos(model, linear_gd(cfg.d_in, eta=1.0).predict, p.X, p.Y, p.x_query)
+    construction = linear_gd(cfg.d_in, eta=1.0)
+    cos = model_cos(model, lambda X, Y, q: construction.predict(X, Y, q, grad=True), p.X, p.Y, p.x_query)
     assert cos >= 0.99
 
 

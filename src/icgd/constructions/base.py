@@ -81,12 +81,13 @@ class PromptModel(Transformer):
     def read_answer(self, h: torch.Tensor, n: int) -> torch.Tensor:
         return self.sign * self.layout.read(h, self.answer)[:, n:]
 
-    @torch.inference_mode()
-    def predict(self, X, Y, x_query) -> torch.Tensor:
-        """The model's predictions at the queries, ``(B, m, d_out)``."""
-        tokens, single = self.tokens_for(X, Y, x_query)
-        n = int(self.layout.read(tokens, "t")[0, :, 0].sum())
-        out = self.read_answer(self(tokens), n)
+    def predict(self, X, Y, x_query, *, grad: bool = False) -> torch.Tensor:
+        """The model's predictions at the queries, ``(B, m, d_out)``. Runs under ``torch.inference_mode`` unless
+        ``grad=True`` (e.g. for ∂ŷ/∂x_query, von Oswald's model cos)."""
+        with torch.inference_mode(not grad):
+            tokens, single = self.tokens_for(X, Y, x_query)
+            n = int(self.layout.read(tokens, "t")[0, :, 0].sum())
+            out = self.read_answer(self(tokens), n)
         return out[0] if single else out
 
     def summary(self) -> list[dict]:

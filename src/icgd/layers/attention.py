@@ -246,3 +246,96 @@ class LinearAttention(KernelAttention):
         """``(P, Q)`` per head, each ``(H, D, D)``."""
         with torch.no_grad():
             return self.W_o @ self.W_v, self.W_k.transpose(-1, -2) @ self.W_q
+
+
+def softmax_mix(U: torch.Tensor, alpha: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None = None
+                ) -> torch.Tensor:
+    """``Σ_h c_{g,h} softmax_s(Σ_b α_{g,h,b} U_{g,b}(…, s))`` for block scores ``U (B, G, nb, …, S)``, giving
+    ``(B, G, …, S)``.
+
+    The softmax runs over the last axis (the keys); `mask` ``(B, T, S)`` (for ``U (B, G, nb, T, S)``) marks the keys
+    each token may read, and a token that may read none gets zero weights. Heads are processed in chunks so that at
+    most ``_CHUNK_ELEMENTS`` scores exist at once."""
+    H = alpha.shape[1]
+    step = max(1, _CHUNK_ELEMENTS // max(1, U[:, :, 0].numel()))
+    out = None
+    for h0 in range(0, H, step):
+        S = torch.einsum("ghn,bgn...->bgh...", alpha[:, h0:h0 + step], U)
+        if mask is not None:
+            S = S.masked_fill(~mask[:, None, None], float("-inf"))
+        S = torch.softmax(S, dim=-1)
+        if mask is not None:
+            S = S.nan_to_num(0.0)
+        part = torch.einsum("gh,bgh...->bg...", c[:, h0:h0 + step], S)
+        out = part if out is None else out + part
+    return out
+
+
+class SparseSoftmaxAttention(SoftmaxAttention):
+    """Softmax attention with its heads in a compact :class:`~icgd.layers.heads.HeadBank`:
+
+        h_i + Σ_m Σ_{s∈S_i} softmax_s(⟨Q_m h_i, K_m h_s⟩) V_m h_s
+
+    This is :class:`SoftmaxAttention` with the ``1/√d_head`` folded into ``Q_m`` and ``V_m = W_o^m W_v^m`` stored
+    per head — the same function class, stored so that hundreds of heads with a few nonzeros each cost O(nonzeros)
+    (the explicit softmax construction, :mod:`icgd.constructions.wu_softmax`, needs that). :meth:`to_dense` returns
+    the equivalent dense :class:`SoftmaxAttention`. Masks (`causal`, `key_flag`) are those of
+    :class:`SoftmaxAttention`; a token that may read no key gets a zero update.
+
+    Two exact shortcuts are taken when there is no mask and the input allows them (checked on every call, bit for
+    bit): when every token has the same query rows, every token gets the same weights, computed once (O(T) per head
+    instead of O(T²)); when every token has the same key rows, the weights are uniform, ``1/T``.
+    """
+
+    def __init__(self, heads: HeadBank, *, causal: bool = False, key_flag: int | None = None):
+        nn.Module.__init__(self)  # the dense W_q, W_k, W_v, W_o of SoftmaxAttention are replaced by the bank
+        if key_flag is not None and not 0 <= key_flag < heads.dim:
+            raise SpecError(f"key_flag must be a coordinate in [0, {heads.dim}), got {key_flag}")
+        self.heads = heads
+        self.dim, self.d_head = heads.dim, heads.q.rows
+        self.causal, self.key_flag = causal, key_flag
+
+    @property
+    def num_heads(self) -> int:
+        return self.heads.num_heads
+
+    @property
+    def n_heads(self) -> int:
+        return self.heads.num_heads
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if h.dim() != 3 or h.shape[-1] != self.dim:
+            raise ShapeError(f"tokens must be (B, T, {self.dim}), got {tuple(h.shape)}")
+        hb = self.heads
+        qh, kh, vals = hb.project(h)  # (B, T, G, r), (B, T, G, r), (B, T, G, e)
+        unmasked = not self.causal and self.key_flag is None
+        if unmasked and _invariant(qh):
+            U = torch.einsum("bgr,bsgr,grn->bgns", qh[:, 0], kh, hb.onehot)
+            A = softmax_mix(U, hb.alpha, hb.c)  # (B, G, S): weight of key s, the same for every token
+            return h + hb.v.emit(torch.einsum("bgs,bsge->bge", A, vals)[:, None])
+        if unmasked and _invariant(kh):
+            out = hb.c.sum(1)[:, None] * vals.mean(1)  # uniform weights 1/T
+            return h + hb.v.emit(out[:, None])
+        U = torch.einsum("bigr,bsgr,grn->bgnis", qh, kh, hb.onehot)
+        A = softmax_mix(U, hb.alpha, hb.c, key_mask(h, self.causal, self.key_flag))  # (B, G, T, S)
+        return h + hb.v.emit(torch.einsum("bgis,bsge->bige", A, vals))
+
+    def to_dense(self) -> SoftmaxAttention:
+        """The same layer as a dense :class:`SoftmaxAttention` (``heads`` heads of size ``d_head = max(r, D)``:
+        ``W_q = √d_head·Q_m``, ``W_k = K_m``, ``W_v = V_m``, ``W_o = I``) — ``3·heads·D²`` numbers, for small layers
+        and tests."""
+        Q, K, V = self.heads.dense()
+        M, r, D = Q.shape
+        d = max(r, D)
+        dense = SoftmaxAttention(D, M, d, causal=self.causal, key_flag=self.key_flag, dtype=Q.dtype)
+        with torch.no_grad():
+            for W in (dense.W_q, dense.W_k, dense.W_v, dense.W_o):
+                W.zero_()
+            dense.W_q[:, :r] = Q * math.sqrt(d)
+            dense.W_k[:, :r] = K
+            dense.W_v[:, :D] = V
+            dense.W_o[:, :, :D] = torch.eye(D, dtype=Q.dtype)
+        return dense.requires_grad_(False)
+
+    def extra_repr(self) -> str:
+        return f"heads={self.num_heads}, dim={self.dim}, causal={self.causal}, key_flag={self.key_flag}"

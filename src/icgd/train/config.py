@@ -166,13 +166,14 @@ def _preset(**kw) -> dict:
 
 
 _LSA = dict(task="linear", task_kwargs={"x_dist": "uniform", "x_scale": 0.5}, model="lsa", n_head=1,
-            baselines=["gd", "ols", "ridge"], beta2=0.98, lr_min_ratio=1.0)
+            baselines=["gd", "ols", "ridge"], beta2=0.98, lr_min_ratio=0.1)
 _GARG = dict(task="linear", model="icl", attention="softmax", baselines=["gd", "ols", "ridge", "averaging", "knn"])
 _WU = dict(task="wu_network", model="icl", baselines=["gd", "ols", "ridge", "knn", "averaging"])
 
 PRESETS: dict[str, dict] = {
     # von Oswald et al.: 1-layer LSA, d = 10, n = 10, x ~ U(−0.5, 0.5), batch 2048, Adam(1e-3, β2 = 0.98)
-    "lsa-smoke": _preset(**_LSA, d_in=10, n_points=10, n_layer=1, steps=300, batch_size=2048, lr=1e-3,
+    # smoke: lr 5e-3 with cosine decay reaches the GD loss in ~300 steps (the paper's 1e-3 needs ~1000)
+    "lsa-smoke": _preset(**_LSA, d_in=10, n_points=10, n_layer=1, steps=400, batch_size=2048, lr=5e-3,
                          grad_clip=0.0, eval_prompts=4096, log_every=50, save_every=100),
     "lsa-cpu": _preset(**_LSA, d_in=10, n_points=10, n_layer=1, steps=5000, batch_size=2048, lr=1e-3,
                        grad_clip=0.0, eval_prompts=10000, log_every=100, save_every=500),
