@@ -1,6 +1,7 @@
 """The layer library: one class per equation of the papers, all residual, all ``(B, T, D) → (B, T, D)``."""
 
-from icgd.layers.attention import KernelAttention, LinearAttention, ReLUAttention, SoftmaxAttention
+from icgd.layers.attention import (KernelAttention, LinearAttention, ReLUAttention, SoftmaxAttention,
+                                   SparseSoftmaxAttention)
 from icgd.layers.ewml import EWML
 from icgd.layers.heads import HeadBank, HeadLayer, RowMap, ValueMap
 from icgd.layers.mlp import MLP
@@ -9,5 +10,5 @@ from icgd.layers.transformer import ActivationCache, HookPoint, Transformer
 
 __all__ = [
     "ActivationCache", "EWML", "HeadBank", "HeadLayer", "HookPoint", "KernelAttention", "LayerNorm",
-    "LinearAttention", "MLP", "ReLUAttention", "RowMap", "SoftmaxAttention", "Transformer", "ValueMap",
+    "LinearAttention", "MLP", "ReLUAttention", "RowMap", "SoftmaxAttention", "SparseSoftmaxAttention", "Transformer", "ValueMap",
 ]
