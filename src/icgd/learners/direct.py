@@ -18,7 +18,10 @@ from icgd.errors import ShapeError, SpecError
 from icgd.learners.base import Learner, check_context, check_targets
 from icgd.nets import get_activation
 
-_CHUNK_FLOATS = 1 << 26  # floats of parameters, optimiser state and activations held at once (512 MiB in float64)
+# Floats of parameters, optimiser state and activations held at once: on a CPU the training is compute-bound and a
+# small working set stays in cache (32 MiB in float64); on an accelerator large blocks keep it busy (2 GiB).
+_CHUNK_FLOATS = {"cpu": 1 << 22}
+_CHUNK_FLOATS_DEFAULT = 1 << 28
 
 Params = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -57,17 +60,19 @@ class DirectTraining(Learner):
       mini-batches of `batch_size` in an order drawn from the same seed and shared by all prompts (a prefix uses
       the restriction of that order to its pairs).
     * ``optimizer="adam"`` is ``torch.optim.Adam`` (betas, eps, no weight decay), ``"sgd"`` plain gradient steps.
-    * ``lr = 1e-2`` by default: the paper gives none; with 100 full-batch Adam steps 1e-3 barely moves the network
-      and 1e-2 fits small prompts well while the best-over-epochs score guards against late divergence.
+    * ``lr = 3e-3`` by default; the paper gives none. On Wu-style prompts (d = 20, n = 40, x ~ N(−2, I), a
+      3-layer ReLU teacher of width 20, standardised y; 32 prompts, 10 queries) the best-over-epochs R² of this
+      baseline (depth 3, 100 full-batch Adam epochs) was 0.944 / 0.951 / 0.943 / 0.841 for lr = 1e-3 / 3e-3 /
+      1e-2 / 3e-2 (0.989 / 0.989 / 0.988 / 0.994 with a sigmoid teacher).
 
     :meth:`predict` is the network after the last epoch; :meth:`epoch_predictions` gives every epoch and
     :meth:`best_over_epochs` the paper's "highest R² over epochs". Networks are trained in chunks of at most
-    `max_networks` (default: as many as fit in ~512 MiB of float64).
+    `max_networks` (default: about 32 MiB of parameters, state and activations on a CPU, 2 GiB on a GPU).
     """
 
     name = "direct"
 
-    def __init__(self, depth: int, width: int = 200, epochs: int = 100, lr: float = 1e-2, activation: str = "relu",
+    def __init__(self, depth: int, width: int = 200, epochs: int = 100, lr: float = 3e-3, activation: str = "relu",
                  optimizer: str = "adam", batch_size: int | None = None, seed: int = 0,
                  generator: torch.Generator | None = None, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, max_networks: int | None = None):
@@ -139,31 +144,32 @@ class DirectTraining(Learner):
         return grads[::-1]
 
     def _update(self, params: Params, grads: Params, state: list, t: torch.Tensor | int,
-                active: torch.Tensor | None) -> Params:
-        """One optimiser step (``torch.optim.Adam``'s arithmetic); networks not `active` keep their state."""
-        new: Params = []
+                active: torch.Tensor | None) -> None:
+        """One optimiser step in place, with ``torch.optim.Adam``'s (single-tensor) arithmetic, or plain SGD;
+        networks not `active` (mini-batch mode) keep their parameters and state."""
         b1, b2 = self.betas
         for j, ((W, b), (gW, gb)) in enumerate(zip(params, grads)):
-            pair = []
             for k, (p, g) in enumerate(((W, gW), (b, gb))):
                 if self.optimizer == "sgd":
-                    p_new = p - self.lr * g
-                else:
+                    p_new = p - self.lr * g if active is not None else p.add_(g, alpha=-self.lr)
+                elif active is None:
+                    assert isinstance(t, int)
                     m, v = state[j][k]
+                    m.lerp_(g, 1 - b1)
+                    v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                    denom = (v.sqrt() / math.sqrt(1 - b2 ** t)).add_(self.eps)
+                    p.addcdiv_(m, denom, value=-self.lr / (1 - b1 ** t))
+                    continue
+                else:
+                    assert isinstance(t, torch.Tensor)
+                    m, v = state[j][k]
+                    tt = t.reshape(-1, *([1] * (p.dim() - 1))).to(p.dtype).clamp(min=1)
                     m_new = m.lerp(g, 1 - b1)
                     v_new = v * b2 + (1 - b2) * g * g
-                    if isinstance(t, int):
-                        step, bc2 = self.lr / (1 - b1 ** t), math.sqrt(1 - b2 ** t)
-                    else:
-                        tt = t.reshape(-1, *([1] * (p.dim() - 1))).to(p.dtype).clamp(min=1)
-                        step, bc2 = self.lr / (1 - b1 ** tt), torch.sqrt(1 - b2 ** tt)
-                    p_new = p - step * m_new / (v_new.sqrt() / bc2 + self.eps)
-                    if active is not None:
-                        m_new, v_new = self._keep(active, m_new, m), self._keep(active, v_new, v)
-                    state[j][k] = (m_new, v_new)
-                pair.append(p_new if active is None else self._keep(active, p_new, p))
-            new.append((pair[0], pair[1]))
-        return new
+                    p_new = p - (self.lr / (1 - b1 ** tt)) * m_new / (v_new.sqrt() / torch.sqrt(1 - b2 ** tt) + self.eps)
+                    m.copy_(self._keep(active, m_new, m)), v.copy_(self._keep(active, v_new, v))
+                if active is not None:
+                    p.copy_(self._keep(active, p_new, p))
 
     @staticmethod
     def _keep(active: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
@@ -186,7 +192,7 @@ class DirectTraining(Learner):
         for e in range(self.epochs):
             if full:
                 t += 1
-                params = self._update(params, self._grads(params, X, Y, mask), state, t, None)
+                self._update(params, self._grads(params, X, Y, mask), state, t, None)
             else:
                 assert self.batch_size is not None and isinstance(t, torch.Tensor)
                 order = torch.sort(torch.where(mask, keys[e], math.inf), dim=-1, stable=True)[1]
@@ -197,18 +203,18 @@ class DirectTraining(Learner):
                     t = t + active.long()
                     Xb = torch.gather(X, 1, idx[..., None].expand(-1, -1, d))
                     Yb = torch.gather(Y, 1, idx[..., None].expand(-1, -1, Y.shape[-1]))
-                    params = self._update(params, self._grads(params, Xb, Yb, mb), state, t, active)
+                    self._update(params, self._grads(params, Xb, Yb, mb), state, t, active)
             if record or e == self.epochs - 1:
                 preds.append(self._forward(params, Q)[0])
         return torch.stack(preds)
 
-    def _networks_per_chunk(self, n: int, d: int, d_out: int) -> int:
+    def _networks_per_chunk(self, n: int, d: int, d_out: int, device: torch.device) -> int:
         if self.max_networks is not None:
             return self.max_networks
         dims = self.dims(d, d_out)
         num_params = sum((i + 1) * o for i, o in zip(dims[:-1], dims[1:]))
         per_net = 4 * num_params + 3 * n * sum(dims)
-        return max(1, _CHUNK_FLOATS // per_net)
+        return max(1, _CHUNK_FLOATS.get(device.type, _CHUNK_FLOATS_DEFAULT) // per_net)
 
     # ---- batched entry points ---------------------------------------------------------------------------------
 
@@ -225,7 +231,7 @@ class DirectTraining(Learner):
         E = self.epochs if record else 1
         rows = x_query.shape[1] if x_query is not None else n
         out = X.new_zeros(E, B, rows, k)
-        step = self._networks_per_chunk(n, d, k)
+        step = self._networks_per_chunk(n, d, k, X.device)
         for c0 in range(0, bi.numel(), step):
             b = bi[c0:c0 + step]
             if ii is None:

@@ -310,7 +310,10 @@ class Averaging(GramLearner):
     def _weights(self, S, b, count):
         return b / per_count(count, b)
 
-    def _prefix(self, X, Y):  # only b is needed: skip the d×d statistics
+    def _predict(self, X, Y, x_query):  # only b is needed: skip the d×d statistics
+        return x_query @ (X.transpose(-1, -2) @ Y / X.shape[1])
+
+    def _prefix(self, X, Y):
         b = (X[:, :-1, :, None] * Y[:, :-1, None, :]).cumsum_(dim=1)
         count = torch.arange(1, X.shape[1], device=X.device, dtype=X.dtype)
         out = X.new_zeros(*X.shape[:2], Y.shape[-1])
