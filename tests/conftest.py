@@ -13,3 +13,12 @@ def gen() -> torch.Generator:
     g.manual_seed(1234)
     return g
 
+
+
+@pytest.fixture
+def one_thread():
+    """For tests of tiny tensors: one intra-op thread avoids OpenMP hand-offs that dominate on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

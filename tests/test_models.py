@@ -17,13 +17,7 @@ FORMATS = ("interleaved", "concat")
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: one intra-op thread avoids OpenMP hand-offs that dominate on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_model(attention="softmax", token_format="interleaved", *, seed=0, **kw) -> ICLTransformer:

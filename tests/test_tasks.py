@@ -17,13 +17,7 @@ from icgd.tasks import (PARAM_SHIFTS, TASKS, TEST_MIXTURES, Curriculum, Gaussian
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: one intra-op thread avoids OpenMP hand-offs that dominate on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small(name: str, **kw):
