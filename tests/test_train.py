@@ -127,7 +127,7 @@ def test_sigkill_during_save_then_resume_is_exact(tmp_path, kill_at):
     assert _losses(tmp_path / "run") == _losses(reference)
 
 
-def test_lsa_smoke_reaches_gd_and_aligns_with_the_construction(tmp_path):
+def test_lsa_smoke_reaches_gd_and_aligns_with_the_construction(tmp_path, one_thread):
     """[train] acceptance: lsa-smoke ends within 3 % of the tuned 1-step GD loss, model cos >= 0.99."""
     from icgd.analysis import model_cos
     from icgd.constructions import linear_gd
