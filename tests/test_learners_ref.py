@@ -16,6 +16,7 @@ from sklearn.linear_model import Ridge as SkRidge
 from sklearn.neighbors import KNeighborsRegressor
 
 from icgd.errors import NonFiniteError, ShapeError, SpecError
+from icgd.layers.attention import KERNELS
 from icgd.learners import (GD, KNN, LEARNERS, SGD, Averaging, DirectTraining, GDPlusPlus, KernelRegression, Lasso,
                            Learner, LeastSquares, Newton, Ridge, make_learner, r2_per_position)
 
@@ -264,6 +265,14 @@ def test_kernel_matches_sklearn(gen, kernel):
             sk = KernelRidge(alpha=lam, kernel="precomputed").fit(f(Xb @ Xb.T), Y[b].numpy())
             ref = sk.predict(f(qb @ Xb.T))
         np.testing.assert_allclose(pred[b].numpy(), ref, atol=1e-10)
+
+
+@pytest.mark.parametrize("kernel", ["rbf", "linear", "relu", "exp"])
+def test_kernel_gram_is_the_attention_kernel(gen, kernel):
+    A = torch.randn(3, 30, 4, generator=gen, dtype=F64)
+    B = torch.randn(3, 27, 4, generator=gen, dtype=F64)
+    got = KernelRegression(kernel, bandwidth=0.8).gram(A, B)
+    torch.testing.assert_close(got, KERNELS[kernel](A, B, 0.8), rtol=0, atol=1e-12)
 
 
 def test_kernel_noiseless_gp_mean(gen):
