@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 
 from icgd._checks import as_float_tensor, batched, positive_float, positive_int
-from icgd.constructions.base import PromptModel, check_dtype
+from icgd.constructions.base import PromptModel, check_dtype, context_size
 from icgd.constructions.fits import activation_fits, clamped, interpolant
 from icgd.constructions.wu import _bank, _fit_heads
 from icgd.errors import ShapeError, SpecError
@@ -131,10 +131,7 @@ class ConvexGD(PromptModel):
 
     def _prepare(self, tokens: torch.Tensor) -> None:
         """The step's value scale −ηT/(2n) for n context tokens out of T (all prompts of a batch share n)."""
-        flags = tokens[..., self.layout.index("t")]
-        n = int(flags[0].sum().round())
-        if n < 1 or not torch.equal(flags.sum(-1), flags.new_full((tokens.shape[0],), float(n))):
-            raise ShapeError("every prompt of a batch must have the same number (>= 1) of context tokens (t = 1)")
+        n = context_size(self.layout, tokens)
         with torch.no_grad():
             self._step.heads.c.copy_(self._step_sign * (-self.eta * tokens.shape[1] / (2.0 * n)))
 
@@ -167,13 +164,9 @@ class ConvexGD(PromptModel):
         out = torch.stack(ws, dim=1)
         return out[0] if single else out
 
-    @torch.inference_mode()
-    def predict(self, X, Y, x_query, w0=None) -> torch.Tensor:
+    def predict(self, X, Y, x_query, w0=None, *, grad: bool = False) -> torch.Tensor:
         """``w_Lᵀ x_q`` for every query (the logit for the logistic loss), ``(B, m, 1)``."""
-        tokens, single = self.tokens_for(X, Y, x_query, w0)
-        n = int(self.layout.read(tokens, "t")[0, :, 0].sum())
-        out = self.read_answer(self(tokens), n)
-        return out[0] if single else out
+        return super().predict(X, Y, x_query, grad=grad, w0=w0)
 
 
 def _no_queries(X) -> torch.Tensor:

@@ -34,6 +34,15 @@ def per_layer(value, steps: int, name: str, allow_zero: bool = False) -> list[fl
     return [positive_float(v, name, allow_zero) for v in value]
 
 
+def context_size(layout: Layout, tokens: torch.Tensor) -> int:
+    """The number n of context tokens (``t = 1``) of every prompt of a batch; they must all have the same n ≥ 1."""
+    flags = tokens[..., layout.index("t")]
+    n = int(flags[0].sum().round())
+    if n < 1 or not torch.equal(flags.sum(-1), flags.new_full((tokens.shape[0],), float(n))):
+        raise ShapeError("every prompt of a batch must have the same number (>= 1) of context tokens (t = 1)")
+    return n
+
+
 class PromptModel(Transformer):
     """A transformer on prompt tokens laid out by `layout`, answering in the query tokens' `answer` slot."""
 
@@ -81,13 +90,12 @@ class PromptModel(Transformer):
     def read_answer(self, h: torch.Tensor, n: int) -> torch.Tensor:
         return self.sign * self.layout.read(h, self.answer)[:, n:]
 
-    def predict(self, X, Y, x_query, *, grad: bool = False) -> torch.Tensor:
+    def predict(self, X, Y, x_query, *, grad: bool = False, **fields) -> torch.Tensor:
         """The model's predictions at the queries, ``(B, m, d_out)``. Runs under ``torch.inference_mode`` unless
-        ``grad=True`` (e.g. for ∂ŷ/∂x_query, von Oswald's model cos)."""
+        ``grad=True`` (e.g. for ∂ŷ/∂x_query, von Oswald's model cos). `fields` go to :meth:`tokens_for`."""
         with torch.inference_mode(not grad):
-            tokens, single = self.tokens_for(X, Y, x_query)
-            n = int(self.layout.read(tokens, "t")[0, :, 0].sum())
-            out = self.read_answer(self(tokens), n)
+            tokens, single = self.tokens_for(X, Y, x_query, **fields)
+            out = self.read_answer(self(tokens), context_size(self.layout, tokens))
         return out[0] if single else out
 
     def summary(self) -> list[dict]:

@@ -57,6 +57,7 @@ from torch import nn
 from icgd._checks import as_float_tensor, batched, positive_float, positive_int
 from icgd.constructions.fits import ReluFit, activation_fits
 from icgd.errors import FitRangeError, ShapeError, SpecError
+from icgd.constructions.base import context_size
 from icgd.layers import EWML, MLP, HeadBank, ReLUAttention, RowMap, Transformer, ValueMap
 from icgd.nets import NetSpec, check_prompt, unflatten
 from icgd.tokens import Layout, pack_prompt
@@ -109,6 +110,14 @@ def fit_ranges_from_data(spec: NetSpec, X: torch.Tensor, weights: torch.Tensor, 
         ranges.append(max(margin * float(u.abs().max()), 1e-3))
         p = spec.layer_act(j)(u)
     return ranges
+
+
+def per_layer_ranges(spec: NetSpec, fit_range: float | Sequence[float]) -> list[float]:
+    """A user's `fit_range` (one number, or one per layer) as a validated list of R_j."""
+    ranges = [fit_range] * spec.depth if isinstance(fit_range, (int, float)) else list(fit_range)
+    if len(ranges) != spec.depth:
+        raise SpecError(f"fit_range needs one value per layer ({spec.depth}), got {len(ranges)}")
+    return [positive_float(r, "fit_range") for r in ranges]
 
 
 # --------------------------------------------------------------------------------------------- head builders
@@ -287,11 +296,7 @@ class ConstructedICGD(Transformer):
         self._prompt_size = (n, T)
 
     def _prepare(self, tokens: torch.Tensor) -> None:
-        flags = tokens[..., self.layout.index("t")]
-        n = int(flags[0].sum().round())
-        if not torch.equal(flags.sum(-1), flags.new_full((tokens.shape[0],), float(n))) or n < 1:
-            raise ShapeError("every prompt of a batch must have the same number (>= 1) of context tokens (t = 1)")
-        self._set_prompt_size(n, tokens.shape[1])
+        self._set_prompt_size(context_size(self.layout, tokens), tokens.shape[1])
 
     def forward(self, tokens: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
         self._check(tokens)
@@ -399,10 +404,7 @@ def deep_gd(spec: NetSpec, *, eta: float, steps: int, box: float | None = None, 
     if dtype not in (torch.float32, torch.float64):
         raise SpecError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     if fit_range is not None:
-        ranges = [fit_range] * spec.depth if isinstance(fit_range, (int, float)) else list(fit_range)
-        if len(ranges) != spec.depth:
-            raise SpecError(f"fit_range needs one value per layer ({spec.depth}), got {len(ranges)}")
-        ranges = [positive_float(r, "fit_range") for r in ranges]
+        ranges = per_layer_ranges(spec, fit_range)
     elif box is not None and x_bound is not None:
         ranges = fit_ranges_from_box(spec, box, x_bound)
     else:

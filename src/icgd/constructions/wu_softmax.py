@@ -123,7 +123,8 @@ import torch
 from torch import nn
 
 from icgd._checks import as_float_tensor, positive_float, positive_int
-from icgd.constructions.wu import ConstructedICGD, _bank, _Builder, fit_ranges_from_box, wu_layout
+from icgd.constructions.wu import (ConstructedICGD, _bank, _Builder, fit_ranges_from_box, per_layer_ranges,
+                                   wu_layout)
 from icgd.errors import ShapeError, SpecError
 from icgd.layers import EWML, MLP, Transformer
 from icgd.layers.attention import SparseSoftmaxAttention
@@ -562,10 +563,7 @@ def _fit_ranges(spec: NetSpec, box: float | None, x_bound: float | None,
     loss gate's bound); ``inf`` for the exact layers."""
     needs = [spec.layer_act(j).name in ("softplus", "gelu", "identity") for j in range(1, spec.depth + 1)]
     if fit_range is not None:
-        ranges = [fit_range] * spec.depth if isinstance(fit_range, (int, float)) else list(fit_range)
-        if len(ranges) != spec.depth:
-            raise SpecError(f"fit_range needs one value per layer ({spec.depth}), got {len(ranges)}")
-        ranges = [positive_float(r, "fit_range") for r in ranges]
+        ranges = per_layer_ranges(spec, fit_range)
     elif box is not None and x_bound is not None:
         ranges = fit_ranges_from_box(spec, box, x_bound)
     elif any(needs):
