@@ -202,6 +202,55 @@ def train(
                       f"(baselines: {base}); run folder {trainer.out}")
 
 
+@app.command()
+def reproduce(
+    name: Optional[str] = typer.Argument(None, help="wu2025 | vonoswald2023 | akyurek2023 | cheng2024 | garg2022"),
+    scale: str = typer.Option("smoke", "--scale", help="smoke (< 2 min), cpu (≤ 45 min on 2 cores), paper (GPU)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="report folder (default runs/reproduce/NAME-SCALE)"),
+    device: str = DeviceOpt,
+    seed: int = typer.Option(0, "--seed"),
+    set_: list[str] = typer.Option([], "--set", help="override a setting of the scale: key=value (repeatable)"),
+    force: bool = typer.Option(False, "--force", help="overwrite an existing report folder"),
+    list_: bool = typer.Option(False, "--list", help="list the experiments and exit"),
+) -> None:
+    """Reproduce a paper: run it, then write report.md, report.html, figures (PNG + SVG) and metrics (JSON + CSV)."""
+    from icgd.experiments.reproduce import describe, run_experiment
+
+    if list_:
+        for key, title in describe():
+            console.print(f"[bold]{key}[/bold]  {title}")
+        return
+    if name is None:
+        raise ICGDError("name an experiment (icgd reproduce --list) or pass --list")
+    files = run_experiment(name, scale, out or Path("runs") / "reproduce" / f"{name}-{scale}", device=device,
+                           seed=seed, overrides=set_, force=force, log=console.print)
+    console.print(f"wrote {files[0]} and {len(files) - 1} more files in {files[0].parent}")
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="a folder written by icgd reproduce")) -> None:
+    """Rebuild a reproduction's report and figures from its saved metrics.json (nothing is rerun)."""
+    from icgd.experiments.reproduce import rebuild_report
+
+    files = rebuild_report(run_dir)
+    console.print(f"wrote {files[0]} and {len(files) - 1} more files in {files[0].parent}")
+
+
+@app.command()
+def compare(
+    a: Path = typer.Argument(..., help="first reproduction folder"),
+    b: Path = typer.Argument(..., help="second reproduction folder"),
+) -> None:
+    """Compare the metrics of two reproduction folders side by side (last value of each curve)."""
+    from icgd.experiments.reproduce import compare_runs
+
+    header, rows = compare_runs(a, b)
+    table = Table(*header, title=f"{a} vs {b}")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning usage errors and icgd errors into one line and exit code 2
     (``--debug`` anywhere on the command line shows the traceback instead)."""
