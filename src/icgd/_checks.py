@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from icgd.errors import NonFiniteError, ShapeError, SpecError
@@ -47,6 +49,17 @@ def positive_int(value, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise SpecError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return value
+
+
+def finite_float(value, name: str) -> float:
+    """A finite real number (any sign)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError) as exc:
+        raise SpecError(f"{name} must be a number, got {value!r}") from exc
+    if not math.isfinite(v):
+        raise SpecError(f"{name} must be a finite number, got {value!r}")
+    return v
 
 
 def positive_float(value, name: str, allow_zero: bool = False) -> float:

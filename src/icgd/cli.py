@@ -100,18 +100,30 @@ def construct(
     sweep: str = typer.Option("16,32,64,128,256", "--sweep", help="deep: knots for the error-vs-knots plot "
                                                                   "('' to skip)"),
     out_dir: Path = typer.Option(Path("construct-out"), "--out-dir", help="deep: where to save the plots"),
+    data: Optional[Path] = typer.Option(None, "--data", help="deep: run on your data instead of a random teacher: "
+                                        "CSV with a header (last --targets columns are Y) or .npz with X and Y"),
+    targets: int = typer.Option(1, "--targets", help="deep --data: number of target columns at the end of the CSV"),
     device: str = DeviceOpt,
 ) -> None:
-    """Build a construction, run it on random prompts and compare it with the algorithm it encodes."""
+    """Build a construction, run it on random prompts (or --data) and compare it with the algorithm it encodes."""
+    from icgd._checks import positive_int
     from icgd.experiments.linear_constructions import KINDS
 
-    if kind == "deep":
-        _construct_deep(depth, width, d_in or 3, d_out, activation, steps or 10, 2.0 if eta is None else eta, knots,
-                        box, n or 50, seed, sweep, out_dir, device)
+    for flag, value in (("--steps", steps), ("--n", n), ("--d-in", d_in)):
+        if value is not None:
+            positive_int(value, flag)
+    if data is not None and kind != "deep":
+        raise ICGDError(f"--data works with `icgd construct deep` only, not {kind!r}")
+    if kind == "deep" and data is not None:
+        _construct_deep_data(data, targets, depth, width, activation, 10 if steps is None else steps,
+                             2.0 if eta is None else eta, knots, box, seed, out_dir, device)
+    elif kind == "deep":
+        _construct_deep(depth, width, d_in or 3, d_out, activation, 10 if steps is None else steps,
+                        2.0 if eta is None else eta, knots, box, n or 50, seed, sweep, out_dir, device)
     elif kind in KINDS:
         from icgd.experiments.linear_constructions import LinearCheckConfig, run_linear_check
 
-        cfg = LinearCheckConfig(kind=kind, d_in=d_in or 5, n=n or 20, steps=steps or 3,
+        cfg = LinearCheckConfig(kind=kind, d_in=d_in or 5, n=n or 20, steps=3 if steps is None else steps,
                                 eta=0.3 if eta is None else eta, gamma=gamma, lam=lam, kernel=kernel,
                                 bandwidth=bandwidth, loss=loss, knots=knots, variant=variant, seed=seed)
         res = run_linear_check(cfg)
@@ -122,6 +134,36 @@ def construct(
                       f"forward pass {res.seconds * 1e3:.1f} ms")
     else:
         raise ICGDError(f"unknown construction {kind!r}; available: deep, {', '.join(KINDS)}")
+
+
+def _check_deep_memory(spec, knots: int, box, tokens: int, device: str) -> None:
+    """Refuse an absurd construction before the autograd reference is computed (see icgd.memory)."""
+    from icgd._checks import positive_int
+    from icgd.constructions.wu import deep_gd_memory
+
+    knots = positive_int(knots, "--knots", minimum=2)
+    deep_gd_memory(spec, knots=knots, box=box or None, batch=1, tokens=tokens,
+                   what=f"deep_gd(width={spec.width}, depth={spec.depth}, knots={knots})").check(device)
+
+
+def _construct_deep_data(path, targets, depth, width, activation, steps, eta, knots, box, seed, out_dir,
+                         device) -> None:
+    """`icgd construct deep --data PATH`: the construction on the user's (X, Y) vs autograd GD from the same w0."""
+    from icgd.data import construct_on_data, read_xy
+    from icgd.plots import plot_error_vs_step
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ICGDError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    X, Y = read_xy(path, targets)
+    res = construct_on_data(X, Y, depth=depth, width=width, activation=activation, steps=steps, eta=eta,
+                            knots=knots, box=box or None, seed=seed, device=device)
+    console.print(f"data: {path} — n = {X.shape[0]} points, d_in = {X.shape[1]}, d_out = {Y.shape[1]}")
+    console.print(_layer_table(res.summary[: 2 * depth + 4], f"one GD step = {2 * depth + 4} layers (of "
+                                                             f"{len(res.summary)} in all, read-out included)"))
+    console.print(_error_table(res))
+    console.print(f"fit intervals R_j = {', '.join(f'{r:.3g}' for r in res.fit_ranges)}; final relative error "
+                  f"[bold]{res.final_error:.2e}[/bold]; max |f(w̄_L, x_i) − f(w_L, x_i)| = {res.pred_error:.2e}")
+    console.print(f"saved {plot_error_vs_step(res, out_dir / 'error_vs_step.png')}")
 
 
 def _construct_deep(depth, width, d_in, d_out, activation, steps, eta, knots, box, n, seed, sweep, out_dir,
@@ -135,6 +177,7 @@ def _construct_deep(depth, width, d_in, d_out, activation, steps, eta, knots, bo
         raise ICGDError(f"--sweep must be a comma-separated list of integers, got {sweep!r}") from None
     cfg = ConstructionConfig(depth=depth, width=width, d_in=d_in, d_out=d_out, activation=activation, steps=steps,
                              eta=eta, knots=knots, box=box or None, n=n, seed=seed, device=device)
+    _check_deep_memory(cfg.spec, max([knots, *sweep_knots]), box, n + cfg.m, device)
     res = run_construction(cfg)
     console.print(_layer_table(res.summary, f"{len(res.summary)} layers: {steps} GD steps × {2 * depth + 4} + "
                                             f"{depth} read-out"))
@@ -163,7 +206,7 @@ def train(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, …"),
     log_every: Optional[int] = typer.Option(None, "--log-every"),
     save_every: Optional[int] = typer.Option(None, "--save-every"),
-    config: Optional[Path] = typer.Option(None, "--config", help="a TOML file of config keys"),
+    config: Optional[Path] = typer.Option(None, "--config", help="a TOML (or .json) file of config keys"),
     set_: list[str] = typer.Option([], "--set", help="key=value (repeatable); task_kwargs.noise=0.1 for tables"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this folder"),
     force: bool = typer.Option(False, "--force", help="resume even if the config differs from the checkpoint's"),
@@ -251,6 +294,10 @@ def compare(
     console.print(table)
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning usage errors and icgd errors into one line and exit code 2
     (``--debug`` anywhere on the command line shows the traceback instead)."""
@@ -267,14 +314,17 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except ICGDError as exc:
-        print(f"icgd: error: {exc}", file=sys.stderr)
+        print(f"icgd: error: {_one_line(exc)}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:  # the file system refused (permissions, a full disk): not a bug of icgd
+        print(f"icgd: error: {_one_line(exc)} (run with --debug for the traceback)", file=sys.stderr)
         sys.exit(2)
     except Exception as exc:
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # click's usage errors
             message = exc.format_message()
             if not message:  # `icgd` alone: the help was shown
                 sys.exit(0)
-            print(f"icgd: error: {message}", file=sys.stderr)
+            print(f"icgd: error: {_one_line(message)}", file=sys.stderr)
             sys.exit(2)
         raise
     if isinstance(result, int) and result:

@@ -42,8 +42,17 @@ class ConfigError(ICGDError, ValueError):
     """A training or experiment configuration is invalid (unknown key, wrong type, conflicting resume)."""
 
 
+class DataError(ICGDError, ValueError):
+    """A data file cannot be used: unreadable, not numbers, rows of the wrong length, NaN/inf, missing arrays."""
+
+
 class CheckpointError(ICGDError, OSError):
     """A checkpoint is missing, corrupt (checksum mismatch) or does not belong to this run."""
+
+
+class ResourceError(ICGDError, MemoryError):
+    """A request would need more memory than the limit (the machine's RAM or ``ICGD_MEMORY_LIMIT``); refused up front,
+    before anything is allocated or written, with the estimate and what to reduce."""
 
 
 class TrainingError(ICGDError, RuntimeError):

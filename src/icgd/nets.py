@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from icgd._checks import as_float_tensor, batched, check_last_dim, positive_int
+from icgd._checks import as_float_tensor, batched, check_last_dim, positive_float, positive_int
 from icgd.errors import ShapeError, SpecError, UnknownActivationError
 
 
@@ -225,7 +225,8 @@ class _ActModule(nn.Module):
 def init_weights(spec: NetSpec, batch: int | None = None, *, generator: torch.Generator | None = None,
                  scale: float = 1.0, dtype=torch.float64) -> torch.Tensor:
     """Random weights, entries of V_j ~ N(0, scale²/in_j) (LeCun-style), flat order as in :func:`flatten`."""
-    shape = (1 if batch is None else batch,)
+    shape = (1 if batch is None else positive_int(batch, "batch"),)
+    scale = positive_float(scale, "scale", allow_zero=True)
     parts = [torch.randn(*shape, o * i, generator=generator, dtype=dtype) * (scale / math.sqrt(i))
              for o, i in spec.shapes]
     w = torch.cat(parts, dim=-1)

@@ -47,6 +47,10 @@ def network_regression(spec: NetSpec, n: int, m: int = 16, batch: int = 1, *, ge
     """x ~ N(0, I) (optionally clipped to ±x_clip); y = f(w*, x) (+ noise) for a teacher network of the same
     architecture with entries of V_j ~ N(0, teacher_scale²/in_j), one teacher per prompt."""
     n, m, batch = positive_int(n, "n"), positive_int(m, "m", minimum=0), positive_int(batch, "batch")
+    teacher_scale = positive_float(teacher_scale, "teacher_scale")
+    noise = positive_float(noise, "noise", allow_zero=True)
+    if x_clip is not None:
+        x_clip = positive_float(x_clip, "x_clip")
     x = torch.randn(batch, n + m, spec.d_in, generator=generator, dtype=dtype)
     if x_clip is not None:
         x = x.clamp(-x_clip, x_clip)

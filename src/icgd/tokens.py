@@ -21,7 +21,13 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from icgd._checks import as_float_tensor, batched, check_last_dim
-from icgd.errors import LayoutError, ShapeError
+from icgd.errors import LayoutError, ShapeError, SpecError
+
+
+def _slot_size(name, size) -> int:
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise SpecError(f"slot {name!r} must have an integer size, got {size!r}")
+    return size
 
 
 class Layout:
@@ -29,7 +35,7 @@ class Layout:
     consecutive slot names that it covers. Immutable once built."""
 
     def __init__(self, slots: Iterable[tuple[str, int]], groups: dict[str, Sequence[str]] | None = None):
-        slots = tuple((str(n), int(s)) for n, s in slots)
+        slots = tuple((str(n), _slot_size(n, s)) for n, s in slots)
         names = [n for n, _ in slots]
         if len(set(names)) != len(names):
             raise LayoutError(f"slot names must be unique, got {names}")
@@ -96,7 +102,7 @@ class Layout:
         """Write `value` into slot `name` in place. `value` is ``(B, T, size)``, or ``(B, size)`` / ``(size,)``
         which is replicated into every token."""
         size = self.size(name)
-        value = torch.as_tensor(value, dtype=tokens.dtype, device=tokens.device)
+        value = as_float_tensor(value, name, tokens.dtype).to(tokens.device)
         if value.dim() == 0:
             value = value.expand(size)
         if value.shape[-1] != size:

@@ -99,6 +99,7 @@ from icgd.constructions.base import PromptModel, check_dtype
 from icgd.errors import ShapeError, SpecError
 from icgd.layers import EWML, MLP, HeadBank, KernelAttention, RowMap, ValueMap
 from icgd.layers.norm import LayerNorm
+from icgd.memory import MemoryEstimate
 from icgd.tokens import Layout, pack_prompt
 
 VARIANTS = ("exact", "faithful")
@@ -379,6 +380,9 @@ class AkyurekTransformer(PromptModel):
         if n > self.n_max:
             raise ShapeError(f"the prompt has {n} context examples but this model was built for at most "
                              f"n_max = {self.n_max}; rebuild it with n_max >= {n}")
+        akyurek_memory(self.d_in, self.n_max, algorithm=self.algorithm, dtype=self.dtype, batch=X.shape[0],
+                       tokens=n + xq.shape[1], build=False,
+                       what=f"a forward pass of {X.shape[0]} prompt(s) × {n + xq.shape[1]} tokens").check(self.device())
         tokens = pack_prompt(self.layout, X, Y, xq).to(self.device())
         pos = self.layout.slice("pos")
         tokens[:, :n, pos.start:pos.start + n] = torch.eye(n, dtype=tokens.dtype, device=tokens.device)
@@ -404,11 +408,29 @@ class AkyurekTransformer(PromptModel):
         return counts
 
 
-def _check_common(d_in, n_max, variant, dtype) -> tuple[int, int, str, torch.dtype]:
+def akyurek_memory(d_in: int, n_max: int, *, algorithm: str = "ridge", dtype: torch.dtype = torch.float64,
+                   batch: int = 0, tokens: int = 0, build: bool = True, what: str = "") -> MemoryEstimate:
+    """Bytes :func:`ridge` (``algorithm="ridge"``) or :func:`akyurek_gd` (``"sgd"``) needs, without building anything:
+    the n_max ``mov`` layers store dense (d + 2) × D maps (D = d² + 6d + n_max + 7 for ridge, 4d + n_max + 7 for
+    sgd), the ``aff`` layers are built from a dense D × D float64 matrix, a forward pass holds a few (B, T, D) token
+    tensors and (B, T, T) scores. Within a small factor."""
+    d, s = d_in, torch.empty((), dtype=dtype).element_size()
+    D = (d * d + 6 * d + n_max + 7) if algorithm == "ridge" else (4 * d + n_max + 7)
+    params = n_max * 4 * (d + 2) * D * s + 64 * (d * d + d + 1) * (16 + s)
+    build_bytes = (2 * 8 * D * D + 6 * 8 * (d * d + 3 * d + 3) * D) if build else 0
+    BT = max(0, batch) * max(0, tokens)
+    acts = s * (BT * (6 * D + 4 * (d + 2)) + 2 * BT * max(0, tokens))
+    return MemoryEstimate(what or f"{algorithm}(d_in={d}, n_max={n_max})",
+                          {"params": params, "build": build_bytes, "activations": acts},
+                          reduce="reduce n_max (memory grows like n_max²) or d_in, or the batch and prompt size")
+
+
+def _check_common(d_in, n_max, variant, dtype, algorithm: str) -> tuple[int, int, str, torch.dtype]:
     d_in = positive_int(d_in, "d_in")
     n_max = positive_int(n_max, "n_max")
     if variant not in VARIANTS:
         raise SpecError(f"variant must be one of {', '.join(map(repr, VARIANTS))}, got {variant!r}")
+    akyurek_memory(d_in, n_max, algorithm=algorithm, dtype=check_dtype(dtype)).check()
     return d_in, n_max, variant, check_dtype(dtype)
 
 
@@ -436,7 +458,7 @@ def ridge(d_in: int, *, lam: float, n_max: int, variant: str = "exact", dtype: t
     (Akyürek et al. Theorem 2, iterated): ``predict(X, Y, x_q) = x_qᵀ (XᵀX + λI)⁻¹ Xᵀ y`` for prompts of 1 … `n_max`
     examples. ``variant="exact"`` (EWML products, Newton reciprocal: machine precision) or ``"faithful"`` (GeLU
     products with input scale `gelu_scale`, LayerNorm division with constant `ln_big`). See the module docstring."""
-    d, n_max, variant, dtype = _check_common(d_in, n_max, variant, dtype)
+    d, n_max, variant, dtype = _check_common(d_in, n_max, variant, dtype, "ridge")
     lam = positive_float(lam, "lam")
     scale, big = _faithful_knobs(variant, dtype, gelu_scale, ln_big)
     L = ridge_layout(d, n_max)
@@ -476,7 +498,7 @@ def akyurek_gd(d_in: int, *, eta: float, lam: float = 0.0, n_max: int = 40, vari
     ``w_k = w_{k−1} − 2η(x_k x_kᵀ w_{k−1} − y_k x_k + λ w_{k−1})``, ``predict = w_nᵀ x_q``, for prompts of
     1 … `n_max` examples. ``variant="exact"`` (EWML products) or ``"faithful"`` (GeLU products, scale
     `gelu_scale`). See the module docstring."""
-    d, n_max, variant, dtype = _check_common(d_in, n_max, variant, dtype)
+    d, n_max, variant, dtype = _check_common(d_in, n_max, variant, dtype, "sgd")
     eta = positive_float(eta, "eta")
     lam = positive_float(lam, "lam", allow_zero=True)
     scale, _ = _faithful_knobs(variant, dtype, gelu_scale, None)

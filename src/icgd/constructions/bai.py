@@ -32,9 +32,10 @@ import torch
 from icgd._checks import as_float_tensor, batched, positive_float, positive_int
 from icgd.constructions.base import PromptModel, check_dtype, context_size
 from icgd.constructions.fits import activation_fits, clamped, interpolant
-from icgd.constructions.wu import _bank, _fit_heads
+from icgd.constructions.wu import _bank, _bank_bytes, _fit_heads, _itemsize, _sparse_bytes
 from icgd.errors import ShapeError, SpecError
 from icgd.layers import EWML, MLP, ReLUAttention
+from icgd.memory import MemoryEstimate
 from icgd.nets import get_activation
 from icgd.tokens import Layout, pack_prompt
 
@@ -149,6 +150,10 @@ class ConvexGD(PromptModel):
         w, _ = batched(as_float_tensor(w, "w0", self.dtype), "w0", 1)
         if w.shape[-1] != self.d_in or w.shape[0] not in (1, X.shape[0]):
             raise ShapeError(f"w0 must be ({self.d_in},) or ({X.shape[0]}, {self.d_in}), got {tuple(w.shape)}")
+        convex_gd_memory(self.d_in, knots=self.knots, loss=self.loss, dtype=self.dtype, batch=X.shape[0],
+                         tokens=X.shape[1] + xq.shape[1], build=False,
+                         what=f"a forward pass of {X.shape[0]} prompt(s) × {X.shape[1] + xq.shape[1]} tokens"
+                         ).check(self.device())
         tokens = pack_prompt(self.layout, X, Y, xq, w=w.expand(X.shape[0], -1))
         return tokens.to(self.device()), single
 
@@ -169,6 +174,20 @@ class ConvexGD(PromptModel):
         return super().predict(X, Y, x_query, grad=grad, w0=w0)
 
 
+def convex_gd_memory(d_in: int, *, knots: int = 64, loss: str = "squared", dtype: torch.dtype = torch.float64,
+                     batch: int = 0, tokens: int = 0, build: bool = True, what: str = "convex_gd") -> MemoryEstimate:
+    """Bytes :func:`convex_gd` needs (parameters to within a small factor; the sigmoid MLP of the logistic loss
+    has `knots` units and is built from dense (knots, D) matrices), without building anything."""
+    s, D = _itemsize(dtype), 2 * d_in + 6
+    K = knots if loss == "logistic" else 0
+    params = _sparse_bytes(3 * K + 8 * (d_in + 3), s) + 2 * _bank_bytes(1, d_in + 1, d_in, 2, 2, s)
+    build_bytes = (2 * K * D * s + _sparse_bytes(3 * K, s)) if build else 0
+    BT = max(0, batch) * max(0, tokens)
+    acts = s * BT * (6 * D + 3 * K + 4 * d_in)
+    return MemoryEstimate(what, {"params": params, "build": build_bytes, "activations": acts},
+                          reduce="reduce d_in, knots, or the batch and prompt size")
+
+
 def _no_queries(X) -> torch.Tensor:
     """An empty query set shaped like X."""
     return torch.as_tensor(X)[..., :0, :]
@@ -184,6 +203,8 @@ def convex_gd(d_in: int, *, loss: str = "squared", eta: float, steps: int, lam: 
     d_in, steps = positive_int(d_in, "d_in"), positive_int(steps, "steps")
     if loss not in LOSSES:
         raise SpecError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+    convex_gd_memory(d_in, knots=positive_int(knots, "knots", minimum=2), loss=loss, dtype=check_dtype(dtype),
+                     what=f"convex_gd(d_in={d_in}, knots={knots})").check()
     return ConvexGD(d_in, loss=loss, eta=positive_float(eta, "eta"), steps=steps,
                     lam=positive_float(lam, "lam", allow_zero=True), knots=positive_int(knots, "knots", minimum=2),
                     fit_range=positive_float(fit_range, "fit_range"),

@@ -15,12 +15,13 @@ ReLU and identity have exact fits; the ReLU derivative (a step) is a ramp of wid
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from icgd.errors import SpecError
+from icgd.errors import NonFiniteError, SpecError
 from icgd.nets import Activation
 
 
@@ -56,12 +57,14 @@ def _units(a1: torch.Tensor, a2: torch.Tensor, c: torch.Tensor, R: float, dtype:
 def interpolant(f: Callable[[torch.Tensor], torch.Tensor], R: float, knots: int,
                 dtype: torch.dtype = torch.float64) -> ReluFit:
     """Piecewise-linear interpolant of `f` on `knots` equispaced points of [−R, R], as `knots` ReLU units."""
-    if knots < 2:
-        raise SpecError(f"a sum-of-ReLU interpolant needs knots >= 2, got {knots}")
-    if not R > 0:
-        raise SpecError(f"the fit interval half-width R must be > 0, got {R}")
+    if isinstance(knots, bool) or not isinstance(knots, int) or knots < 2:
+        raise SpecError(f"a sum-of-ReLU interpolant needs an integer knots >= 2, got {knots!r}")
+    if not (isinstance(R, (int, float)) and math.isfinite(R) and R > 0):
+        raise SpecError(f"the fit interval half-width R must be a finite number > 0, got {R!r}")
     b = torch.linspace(-R, R, knots, dtype=torch.float64)
     fb = f(b)
+    if not bool(torch.isfinite(fb).all()):
+        raise NonFiniteError(f"the function to fit is not finite on [-{R}, {R}]; fit it on a smaller interval")
     s = (fb[1:] - fb[:-1]) / (b[1:] - b[:-1])  # slopes of the M − 1 segments
     a1 = torch.cat([b.new_tensor([0.0, 1.0]), torch.ones(knots - 2, dtype=torch.float64)])
     a2 = torch.cat([b.new_tensor([1.0, R]), -b[1:-1]])

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from icgd._checks import positive_int
+from icgd._checks import finite_float, positive_int
 from icgd.constructions.base import PromptModel, check_dtype, per_layer
 from icgd.layers import LinearAttention
 from icgd.tokens import Layout
@@ -40,6 +40,8 @@ def von_oswald_weights(d_in: int, d_out: int = 1, *, eta: float, gamma: float = 
                        dtype: torch.dtype = torch.float64) -> dict[str, torch.Tensor]:
     """The paper's matrices ``W_K, W_Q, W_V, P`` of one layer on ``(x, y)`` tokens, each ``(d_in + d_out)²``
     (Prop. 1; with ``gamma`` the GD++ layer of App. A.10), in icgd's normalised convention (P = η, not η/N)."""
+    d_in, d_out = positive_int(d_in, "d_in"), positive_int(d_out, "d_out")
+    eta, gamma = finite_float(eta, "eta"), finite_float(gamma, "gamma")
     D = d_in + d_out
     x, y = slice(0, d_in), slice(d_in, D)
     W_KQ = torch.zeros(D, D, dtype=dtype)

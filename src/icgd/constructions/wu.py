@@ -59,6 +59,7 @@ from icgd.constructions.fits import ReluFit, activation_fits
 from icgd.errors import FitRangeError, ShapeError, SpecError
 from icgd.constructions.base import context_size
 from icgd.layers import EWML, MLP, HeadBank, ReLUAttention, RowMap, Transformer, ValueMap
+from icgd.memory import MemoryEstimate
 from icgd.nets import NetSpec, check_prompt, unflatten
 from icgd.tokens import Layout, pack_prompt
 
@@ -83,6 +84,7 @@ def wu_layout(spec: NetSpec) -> Layout:
 def fit_ranges_from_box(spec: NetSpec, box: float, x_bound: float) -> list[float]:
     """A-priori per-layer bounds R_j ≥ |v_jk · p(j−1)| valid for the whole run because |w| ≤ box:
     R_1 = d_in·B·x_bound and R_j = in_j·B·max_{|t|≤R_{j−1}} |r(t)|."""
+    box, x_bound = positive_float(box, "box"), positive_float(x_bound, "x_bound")
     ranges, bound = [], x_bound
     for j, (_, i) in enumerate(spec.shapes, start=1):
         R = max(i * box * bound, 1e-3)
@@ -95,6 +97,7 @@ def fit_ranges_from_box(spec: NetSpec, box: float, x_bound: float) -> list[float
 def fit_ranges_from_data(spec: NetSpec, X: torch.Tensor, weights: torch.Tensor, margin: float = 1.25) -> list[float]:
     """Per-layer intervals from data: `margin` × the largest |pre-activation| of layer j over the inputs `X`
     ``(B, n, d_in)`` and every weight vector in `weights` ``(B, L, D_w)`` (e.g. a reference GD trajectory)."""
+    margin = positive_float(margin, "margin")
     X = as_float_tensor(X, "X")
     X, _ = batched(X, "X", 2)
     W = as_float_tensor(weights, "weights", X.dtype)
@@ -118,6 +121,65 @@ def per_layer_ranges(spec: NetSpec, fit_range: float | Sequence[float]) -> list[
     if len(ranges) != spec.depth:
         raise SpecError(f"fit_range needs one value per layer ({spec.depth}), got {len(ranges)}")
     return [positive_float(r, "fit_range") for r in ranges]
+
+
+# --------------------------------------------------------------------------------------------- memory
+
+_PY_ENTRY = 120  # bytes of one (index, coefficient) Python tuple in a list while a head bank is being built
+_CHUNK = 1 << 23  # icgd.layers.attention._CHUNK_ELEMENTS: scores of many heads are mixed in chunks of this size
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _bank_bytes(G: int, r: int, e: int, nb: int, H: int, s: int) -> int:
+    """Stored bytes of a sparse HeadBank: q/k idx (long) + coef, value src/dst (long) + coef, block (long),
+    onehot, alpha and c."""
+    return G * r * 2 * (8 + s) + G * e * (16 + s) + G * r * 8 + G * r * nb * s + G * H * (nb + 1) * s
+
+
+def _sparse_bytes(nnz: int, s: int) -> int:
+    return nnz * (16 + s)
+
+
+def _fit_units(spec: NetSpec, j: int, knots: int) -> tuple[int, int]:
+    """ReLU units of the fits of r and r′ of layer j (see :func:`~icgd.constructions.fits.activation_fits`)."""
+    return {"relu": (1, 2), "identity": (2, 1)}.get(spec.layer_act(j).name, (knots, knots))
+
+
+def deep_gd_memory(spec: NetSpec, *, knots: int = DEFAULT_KNOTS, box: float | None = None,
+                   dtype: torch.dtype = torch.float64, batch: int = 0, tokens: int = 0, build: bool = True,
+                   what: str = "deep_gd") -> MemoryEstimate:
+    """Bytes :func:`deep_gd` needs, without building anything: ``params`` (the parameters and buffers, exactly:
+    one GD block is shared by all steps, so `steps` does not count), ``build`` (Python head lists and sparse
+    temporaries while building, if `build`) and ``activations`` (one forward pass of `batch` prompts of `tokens`
+    tokens). Token dimension D = d_in + 2·d_out + D_w + 3P + 2 (D_w weights, P = (N−1)K + d_out units)."""
+    s, N, shapes = _itemsize(dtype), spec.depth, spec.shapes
+    outs, ins = [o for o, _ in shapes], [i for _, i in shapes]
+    P, Dw, d_out = spec.num_units, spec.num_params, spec.d_out
+    D = spec.d_in + 2 * d_out + Dw + 3 * P + 2
+    rmax, imax = max(ins) + 1, max(ins)
+    H_r = [_fit_units(spec, j, knots)[0] for j in range(1, N + 1)]
+    H_d = max(_fit_units(spec, j, knots)[1] for j in range(1, N + 1))
+    C = (Dw if box is not None else 0) + 3 * P + d_out  # coordinates of the project MLP
+    params = sum(_bank_bytes(outs[j], ins[j] + 1, 1, 2, H_r[j], s) for j in range(N))  # fwd
+    params += _bank_bytes(P, rmax, 1, 2, H_d, s)  # deriv
+    params += _bank_bytes(d_out, 1, 1, 1, 1, s) + sum(_bank_bytes(outs[j - 1], outs[j], 1, 1, 1, s)
+                                                      for j in range(1, N))  # back
+    params += _bank_bytes(P, 1, imax, 1, 2, s) + P * 2 * s  # step and its sign buffer
+    params += _sparse_bytes(10 * d_out, s)  # loss MLP
+    params += _sparse_bytes(4 * C + (2 * Dw if box is not None else 0), s)  # project MLP
+    entries = max(P * (2 * rmax + 1), P * (imax + 3), max((outs[j - 1] * (2 * outs[j] + 1) for j in range(1, N)),
+                                                          default=0))
+    build_bytes = max(_PY_ENTRY * entries, 3 * _sparse_bytes(4 * C + 2 * Dw, s)) if build else 0
+    BT = max(0, batch) * max(0, tokens)
+    per_token = max(2 * P * rmax + P, 3 * P * imax, 2 * D + 8 * C,
+                    max((2 * outs[j - 1] * outs[j] for j in range(1, N)), default=0))
+    acts = s * (BT * (3 * D + per_token) + 3 * min(_CHUNK, BT * P * H_d)) if BT else 0
+    return MemoryEstimate(what, {"params": params, "build": build_bytes, "activations": acts},
+                          reduce="reduce width or depth (D_w grows like width²·depth), knots, or the batch and "
+                                 "prompt size")
 
 
 # --------------------------------------------------------------------------------------------- head builders
@@ -208,16 +270,15 @@ class _Builder:
 
     def loss_layer(self, R3: float) -> MLP:
         d = self.spec.d_out
-        W1 = torch.zeros(2 * d, self.D, dtype=self.dtype)
-        W2 = torch.zeros(self.D, 2 * d, dtype=self.dtype)
+        W1: list[tuple[int, int, float]] = []
+        W2: list[tuple[int, int, float]] = []
         for k in range(d):
             for u, sign in ((2 * k, 1.0), (2 * k + 1, -1.0)):
-                W1[u, self.L.index(f"p{self.spec.depth}", k)] = 2.0 * sign
-                W1[u, self.L.index("y", k)] = -2.0 * sign
-                W1[u, self.one] = -R3
-                W1[u, self.t] = R3
-                W2[self.L.index("g", k), u] = sign
-        return MLP.from_weights(W1, W2, trainable=False, sparse=True)
+                W1 += [(u, self.L.index(f"p{self.spec.depth}", k), 2.0 * sign), (u, self.L.index("y", k), -2.0 * sign),
+                       (u, self.one, -R3), (u, self.t, R3)]
+                W2.append((self.L.index("g", k), u, sign))
+        return MLP.from_weights(_coo(W1, (2 * d, self.D), self.dtype), _coo(W2, (self.D, 2 * d), self.dtype),
+                                trainable=False)
 
     def back_layer(self, j: int) -> EWML:
         N, shapes = self.spec.depth, self.spec.shapes
@@ -242,18 +303,47 @@ class _Builder:
         c = torch.tensor([1.0, -1.0], dtype=self.dtype).expand(len(units), 2).clone()  # scaled per prompt size
         return ReLUAttention(_bank(self.D, q, k_, values, self.dtype, alpha=alpha, c=c))
 
-    def project_layer(self, box: float | None) -> MLP:
+    def project_coords(self, box: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Coordinates the ``project`` MLP clips and their bounds: ``w`` to [−box, box] (if a box is given), the
+        scratch slots to 0."""
         w = self.L.slice("w")
-        scratch = [i for name in ("p", "r", "g", "s") for i in range(self.L.slice(name).start, self.L.slice(name).stop)]
-        coords = ([(i, box) for i in range(w.start, w.stop)] if box is not None else []) + [(i, 0.0) for i in scratch]
-        W1 = torch.zeros(2 * len(coords), self.D, dtype=self.dtype)
-        W2 = torch.zeros(self.D, 2 * len(coords), dtype=self.dtype)
-        for u, (i, bound) in enumerate(coords):
-            # z − relu(z − b) + relu(−z − b): clip to [−b, b]; with b = 0 this erases z exactly
-            W1[2 * u, i], W1[2 * u, self.one] = 1.0, -bound
-            W1[2 * u + 1, i], W1[2 * u + 1, self.one] = -1.0, -bound
-            W2[i, 2 * u], W2[i, 2 * u + 1] = -1.0, 1.0
-        return MLP.from_weights(W1, W2, trainable=False, sparse=True)
+        scratch = [torch.arange(self.L.slice(n).start, self.L.slice(n).stop) for n in ("p", "r", "g", "s")]
+        parts = ([torch.arange(w.start, w.stop)] if box is not None else []) + scratch
+        coords = torch.cat(parts)
+        bounds = torch.zeros(coords.numel(), dtype=torch.float64)
+        if box is not None:
+            bounds[: w.stop - w.start] = box
+        return coords, bounds
+
+    def project_layer(self, box: float | None) -> MLP:
+        return clip_mlp(self.D, self.one, *self.project_coords(box), dtype=self.dtype)
+
+
+def _coo(entries: Sequence[tuple[int, int, float]], shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+    """A sparse COO matrix from ``(row, column, value)`` triples."""
+    rows, cols, vals = zip(*entries)
+    return torch.sparse_coo_tensor(torch.tensor([rows, cols]), torch.tensor(vals, dtype=dtype), shape,
+                                   check_invariants=True).coalesce()
+
+
+def clip_mlp(D: int, one: int, coords: torch.Tensor, bounds: torch.Tensor, dtype: torch.dtype) -> MLP:
+    """A sparse MLP clipping each coordinate ``coords[u]`` to ``[−bounds[u], bounds[u]]`` with units 2u, 2u+1:
+    ``z ← z − relu(z − b) + relu(−z − b)`` (b = 0 erases z exactly). Built from indices: no (2C, D) dense matrix."""
+    C = coords.numel()
+    u = torch.arange(C)
+    nz = bounds != 0
+    one_col = torch.full((int(nz.sum()),), one, dtype=torch.long)
+    rows1 = torch.cat([2 * u, 2 * u + 1, 2 * u[nz], 2 * u[nz] + 1])
+    cols1 = torch.cat([coords, coords, one_col, one_col])
+    vals1 = torch.cat([torch.ones(C, dtype=torch.float64), -torch.ones(C, dtype=torch.float64), -bounds[nz],
+                       -bounds[nz]])
+    W1 = torch.sparse_coo_tensor(torch.stack([rows1, cols1]), vals1.to(dtype), (2 * C, D),
+                                 check_invariants=True).coalesce()
+    rows2, cols2 = torch.cat([coords, coords]), torch.cat([2 * u, 2 * u + 1])
+    vals2 = torch.cat([-torch.ones(C, dtype=torch.float64), torch.ones(C, dtype=torch.float64)])
+    W2 = torch.sparse_coo_tensor(torch.stack([rows2, cols2]), vals2.to(dtype), (D, 2 * C),
+                                 check_invariants=True).coalesce()
+    return MLP.from_weights(W1, W2, trainable=False)
 
 
 class ConstructedICGD(Transformer):
@@ -326,6 +416,12 @@ class ConstructedICGD(Transformer):
             raise FitRangeError(f"a target has |y| = {float(Y.abs().max()):.4g} > y_bound = {self.y_bound}; "
                                 f"rebuild the model with a larger y_bound or rescale the data")
 
+    def _check_memory(self, batch: int, tokens: int) -> None:
+        """Refuse a forward pass whose activations would not fit (see :mod:`icgd.memory`)."""
+        deep_gd_memory(self.spec, knots=self.knots, box=self.box, dtype=self.dtype, batch=batch, tokens=tokens,
+                       build=False, what=f"a forward pass of {batch} prompt(s) × {tokens} tokens"
+                       ).check(self._step_sign.device)
+
     def tokens_for(self, X, Y, w0, x_query=None) -> tuple[torch.Tensor, bool]:
         """Pack a prompt into this model's tokens; returns the tokens and whether the inputs were unbatched."""
         X, Y, w0, single = check_prompt(self.spec, X, Y, w0, self.dtype)
@@ -333,6 +429,7 @@ class ConstructedICGD(Transformer):
         if x_query is not None:
             xq, _ = batched(as_float_tensor(x_query, "x_query", self.dtype), "x_query", 2)
         self._check_inputs(X, Y, xq)
+        self._check_memory(X.shape[0], X.shape[1] + (0 if xq is None else xq.shape[1]))
         if self.box is not None and float(w0.abs().max()) > self.box:
             raise FitRangeError(f"w0 has an entry of size {float(w0.abs().max()):.4g} outside the box {self.box}; "
                                 f"clip it first: w0.clamp(-box, box)")
@@ -403,6 +500,8 @@ def deep_gd(spec: NetSpec, *, eta: float, steps: int, box: float | None = None, 
     y_bound = None if y_bound is None else positive_float(y_bound, "y_bound")
     if dtype not in (torch.float32, torch.float64):
         raise SpecError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    deep_gd_memory(spec, knots=knots, box=box, dtype=dtype,
+                   what=f"deep_gd(width={spec.width}, depth={spec.depth}, knots={knots})").check()
     if fit_range is not None:
         ranges = per_layer_ranges(spec, fit_range)
     elif box is not None and x_bound is not None:

@@ -123,11 +123,13 @@ import torch
 from torch import nn
 
 from icgd._checks import as_float_tensor, positive_float, positive_int
-from icgd.constructions.wu import (ConstructedICGD, _bank, _Builder, fit_ranges_from_box, per_layer_ranges,
+from icgd.constructions.wu import (_PY_ENTRY, _CHUNK, ConstructedICGD, _bank, _bank_bytes, _Builder, _itemsize,
+                                  _sparse_bytes, fit_ranges_from_box, per_layer_ranges,
                                    wu_layout)
 from icgd.errors import ShapeError, SpecError
-from icgd.layers import EWML, MLP, Transformer
+from icgd.layers import EWML, Transformer
 from icgd.layers.attention import SparseSoftmaxAttention
+from icgd.memory import MemoryEstimate
 from icgd.nets import Activation, NetSpec, check_prompt, get_activation
 from icgd.tokens import Layout
 
@@ -279,6 +281,55 @@ def activation_logistic_fits(act: Activation, R: float, units: int, dtype: torch
         return _activation_fit(name, False, R, units, dtype), _activation_fit(name, True, R, units, dtype)
     raise SpecError(f"deep_gd_softmax supports sigmoid, tanh, softplus, gelu and identity, not {name!r}; "
                     f"use icgd.constructions.deep_gd (ReLU attention) for relu networks")
+
+
+# --------------------------------------------------------------------------------------------- memory
+
+
+def _sink_units(name: str, units: int) -> tuple[int | None, int | None]:
+    """Logistic units of the sink heads for r and r′ (None: the layer is an EWML layer, not a sink)."""
+    return {"sigmoid": (1, None), "tanh": (1, None), "identity": (None, 1), "softplus": (units, 1),
+            "gelu": (units, units)}[name]
+
+
+def deep_gd_softmax_memory(spec: NetSpec, *, units: int = DEFAULT_UNITS, order: int = 4, box: float | None = None,
+                           dtype: torch.dtype = torch.float64, batch: int = 0, tokens: int = 0, build: bool = True,
+                           what: str = "deep_gd_softmax") -> MemoryEstimate:
+    """Bytes :func:`deep_gd_softmax` needs, without building anything (parts as in
+    :func:`~icgd.constructions.wu.deep_gd_memory`; the parameters to within a few per cent)."""
+    s, N, shapes = _itemsize(dtype), spec.depth, spec.shapes
+    outs, ins = [o for o, _ in shapes], [i for _, i in shapes]
+    P, Dw, d_out, S_in = spec.num_units, spec.num_params, spec.d_out, sum(ins)
+    D = spec.d_in + 2 * d_out + Dw + 3 * P + 2 + Dw + P + S_in
+    imax = max(ins)
+    fit = [_sink_units(spec.layer_act(j).name, units) for j in range(1, N + 1)]
+    params = _bank_bytes(1, 2, Dw, 1, 1, s)  # gate
+    for j in range(N):
+        if fit[j][0] is None:
+            params += _bank_bytes(outs[j], ins[j], 1, 1, 1, s)
+        else:
+            params += _bank_bytes(outs[j] + 1, ins[j] + 2, 2, 2, fit[j][0], s) + 2 * (outs[j] + 1) * fit[j][0] * 2 * s
+    Hd = [f[1] for f in fit if f[1] is not None]
+    if all(spec.layer_act(j).name in ("sigmoid", "tanh", "identity") for j in range(1, N + 1)):
+        params += _bank_bytes(P, 2, 1, 1, 1, s)
+    else:
+        params += _bank_bytes(P + 1, imax + 2, 2, 2, max(Hd), s) + 4 * (P + 1) * max(Hd) * s
+    params += _bank_bytes(d_out, 1, 1, 1, 1, s) + sum(_bank_bytes(outs[j - 1], outs[j], 1, 1, 1, s)
+                                                      for j in range(1, N))  # back
+    H = 2 * len(RICHARDSON[order])
+    params += _bank_bytes(P + 1, 1, max(imax, P + S_in), 1, H, s) + 2 * (P + 1) * H * s  # step
+    params += _bank_bytes(P, 1, imax, 1, 1, s)  # mean
+    C = (Dw if box is not None else 0) + 3 * P + d_out + Dw + P + S_in
+    params += _sparse_bytes(10 * d_out, s) + _sparse_bytes(4 * C + (2 * Dw if box is not None else 0), s)
+    entries = max(P * (2 * imax + 5), (P + 1) * (imax + 3) + P + S_in, Dw)
+    build_bytes = max(_PY_ENTRY * entries, 3 * _sparse_bytes(4 * C + 2 * Dw, s)) if build else 0
+    BT = max(0, batch) * max(0, tokens)
+    Hmax = max([H, *(f[0] or 1 for f in fit), *Hd])
+    per_token = max(2 * P * (imax + 2) + 2 * P, 3 * (P + 1) * max(imax, P + S_in), 2 * D + 8 * C)
+    acts = s * (BT * (3 * D + per_token) + 3 * min(_CHUNK, BT * (P + 1) * Hmax)) if BT else 0
+    return MemoryEstimate(what, {"params": params, "build": build_bytes, "activations": acts},
+                          reduce="reduce width or depth (D_w grows like width²·depth), units, or the batch and "
+                                 "prompt size")
 
 
 # --------------------------------------------------------------------------------------------- layout, builder
@@ -445,18 +496,12 @@ class _SoftmaxBuilder(_Builder):
                   for j, k in units]
         return EWML(_bank(self.D, q, k_, values, self.dtype))
 
-    def project_layer(self, box: float | None) -> MLP:
-        """The ReLU construction's projection MLP (box clip, erase p̄, r̄′, g, s̄) with units erasing w̃, ms and mp
-        added: ``z ← z − relu(z) + relu(−z) = 0``."""
-        base = super().project_layer(box)
-        extra = [i for name in ("wt", "ms", "mp") for i in range(self.L.slice(name).start, self.L.slice(name).stop)]
-        W1 = torch.zeros(2 * len(extra), self.D, dtype=self.dtype)
-        W2 = torch.zeros(self.D, 2 * len(extra), dtype=self.dtype)
-        for u, i in enumerate(extra):
-            W1[2 * u, i], W1[2 * u + 1, i] = 1.0, -1.0
-            W2[i, 2 * u], W2[i, 2 * u + 1] = -1.0, 1.0
-        return MLP.from_weights(torch.cat([base.W1.to_dense(), W1]), torch.cat([base.W2.to_dense(), W2], dim=1),
-                                trainable=False, sparse=True)
+    def project_coords(self, box: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ReLU construction's projection (box clip, erase p̄, r̄′, g, s̄) plus units erasing w̃, ms and mp:
+        ``z ← z − relu(z) + relu(−z) = 0``."""
+        coords, bounds = super().project_coords(box)
+        extra = torch.cat([torch.arange(self.L.slice(n).start, self.L.slice(n).stop) for n in ("wt", "ms", "mp")])
+        return torch.cat([coords, extra]), torch.cat([bounds, torch.zeros(extra.numel(), dtype=torch.float64)])
 
 
 # --------------------------------------------------------------------------------------------- the model
@@ -531,6 +576,12 @@ class ConstructedSoftmaxICGD(ConstructedICGD):
         self._step_layer.heads.c = nn.Parameter(self._step_fixed + scale * self._step_sign, requires_grad=False)
         self._mean_layer.heads.c = nn.Parameter(torch.full_like(self._mean_layer.heads.c, scale), requires_grad=False)
         self._prompt_size = (n, T)
+
+    def _check_memory(self, batch: int, tokens: int) -> None:
+        deep_gd_softmax_memory(self.spec, units=self.units, order=self.order, box=self.box, dtype=self.dtype,
+                               batch=batch, tokens=tokens, build=False,
+                               what=f"a forward pass of {batch} prompt(s) × {tokens} tokens"
+                               ).check(self._step_sign.device)
 
     def trace(self, X, Y, w0) -> torch.Tensor:
         """Weights read from the ``w`` slot after every GD block, ``(B, steps+1, D_w)`` (index 0 = `w0`). One query
@@ -613,6 +664,8 @@ def deep_gd_softmax(spec: NetSpec, *, eta: float, steps: int, box: float | None 
         if eps >= 1.0:
             raise SpecError(f"eps must lie in (0, 1) (the step linearises softmax in eps·s), got {eps}; "
                             f"pass eps=None for the automatic choice")
+    deep_gd_softmax_memory(spec, units=units, order=order, box=box, dtype=dtype,
+                           what=f"deep_gd_softmax(width={spec.width}, depth={spec.depth}, units={units})").check()
     ranges = _fit_ranges(spec, box, x_bound, fit_range)
     return ConstructedSoftmaxICGD(spec, eta=eta, steps=steps, box=box, eps=eps, order=order, units=units,
                                   fit_ranges=ranges, x_bound=x_bound, readout=readout, dtype=dtype)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from icgd._checks import positive_int
 from icgd.errors import ShapeError, SpecError
 from icgd.layers.heads import HeadBank, HeadLayer
 
@@ -121,8 +122,10 @@ class _DenseAttention(nn.Module):
                  key_flag: int | None = None, generator: torch.Generator | None = None,
                  dtype: torch.dtype | None = None):
         super().__init__()
-        if dim < 1 or n_heads < 1:
-            raise SpecError(f"dim and n_heads must be >= 1, got dim={dim}, n_heads={n_heads}")
+        positive_int(dim, "dim")
+        positive_int(n_heads, "n_heads")
+        if d_head is not None:
+            positive_int(d_head, "d_head")
         if key_flag is not None and not 0 <= key_flag < dim:
             raise SpecError(f"key_flag must be a coordinate in [0, {dim}), got {key_flag}")
         d_head = d_head or max(1, dim // n_heads)

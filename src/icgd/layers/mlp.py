@@ -27,8 +27,9 @@ class MLP(nn.Module):
     def __init__(self, dim: int, width: int, *, bias: bool = False, generator: torch.Generator | None = None,
                  dtype: torch.dtype | None = None, activation: str = "relu"):
         super().__init__()
-        if dim < 1 or width < 0:
-            raise SpecError(f"MLP needs dim >= 1 and width >= 0, got dim={dim}, width={width}")
+        for name, value, low in (("dim", dim, 1), ("width", width, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise SpecError(f"MLP needs integers dim >= 1 and width >= 0, got {name}={value!r}")
         if activation not in ACTIVATIONS:
             raise SpecError(f"unknown MLP activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
         self.activation = activation
@@ -47,6 +48,8 @@ class MLP(nn.Module):
         zero weights of the constructions; they are then not trainable)."""
         if W1.dim() != 2 or W2.dim() != 2 or W2.shape != (W1.shape[1], W1.shape[0]):
             raise ShapeError(f"need W1 (width, D) and W2 (D, width), got {tuple(W1.shape)} and {tuple(W2.shape)}")
+        if sparse or W1.is_sparse or W2.is_sparse:
+            return cls._sparse(W1, W2, b1, activation)
         layer = cls(W1.shape[1], W1.shape[0], bias=b1 is not None, dtype=W1.dtype, activation=activation)
         with torch.no_grad():
             layer.W1.copy_(W1)
@@ -54,10 +57,19 @@ class MLP(nn.Module):
             if b1 is not None:
                 layer.b1.copy_(b1)
                 layer.b2.copy_(b2 if b2 is not None else torch.zeros_like(layer.b2))
-        layer.requires_grad_(trainable and not sparse)
-        if sparse:
-            layer.W1 = nn.Parameter(W1.detach().to_sparse().coalesce(), requires_grad=False)
-            layer.W2 = nn.Parameter(W2.detach().to_sparse().coalesce(), requires_grad=False)
+        layer.requires_grad_(trainable)
+        return layer
+
+    @classmethod
+    def _sparse(cls, W1: torch.Tensor, W2: torch.Tensor, b1: torch.Tensor | None, activation: str) -> MLP:
+        """A frozen bias-free MLP storing W1 and W2 as sparse COO matrices (dense inputs are converted; no dense
+        (width, D) matrix is allocated for sparse inputs)."""
+        if b1 is not None:
+            raise SpecError("sparse MLP weights are bias-free; put the bias through a constant-1 token coordinate")
+        layer = cls(W1.shape[1], 0, dtype=W1.dtype, activation=activation)  # width 0: no dense weights drawn
+        layer.width = W1.shape[0]
+        layer.W1 = nn.Parameter((W1 if W1.is_sparse else W1.to_sparse()).detach().coalesce(), requires_grad=False)
+        layer.W2 = nn.Parameter((W2 if W2.is_sparse else W2.to_sparse()).detach().coalesce(), requires_grad=False)
         return layer
 
     @property

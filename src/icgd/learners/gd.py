@@ -7,12 +7,25 @@ from __future__ import annotations
 
 import torch
 
-from icgd._checks import positive_float, positive_int
+from icgd._checks import as_float_tensor, positive_float, positive_int
+from icgd.errors import NonFiniteError, ShapeError
 from icgd.nets import NetSpec, check_prompt, forward_all
 
 
 def empirical_risk(spec: NetSpec, w: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
-    """L_n(w) per prompt, ``(B,)``, for batched ``w (B, D_w)``, ``X (B, n, d_in)``, ``Y (B, n, d_out)``."""
+    """L_n(w) per prompt, ``(B,)``, for batched ``w (B, D_w)``, ``X (B, n, d_in)``, ``Y (B, n, d_out)`` (validated:
+    shapes, finiteness; gradients flow to `w`)."""
+    if not isinstance(w, torch.Tensor) or not w.is_floating_point():
+        w = as_float_tensor(w, "w")
+    elif not bool(torch.isfinite(w.detach()).all()):
+        raise NonFiniteError("w contains NaN or inf")
+    X, Y, _, _ = check_prompt(spec, X, Y, w.detach(), w.dtype)
+    if w.dim() != 2 or w.shape[0] not in (1, X.shape[0]):
+        raise ShapeError(f"w must be (B, D_w) with B = {X.shape[0]} prompts, got {tuple(w.shape)}")
+    return _risk(spec, w.expand(X.shape[0], -1), X, Y)
+
+
+def _risk(spec: NetSpec, w: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
     pred = forward_all(spec, w, X)[-1]
     return 0.5 * ((pred - Y) ** 2).sum(dim=(-1, -2)) / X.shape[-2]
 
@@ -33,7 +46,7 @@ def gd_trajectory(spec: NetSpec, X, Y, w0, eta: float, steps: int, box: float | 
     with torch.enable_grad():
         for _ in range(steps):
             w = w.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(empirical_risk(spec, w, X, Y).sum(), w)
+            (grad,) = torch.autograd.grad(_risk(spec, w, X, Y).sum(), w)
             w = w.detach() - eta * grad
             if box is not None:
                 w = w.clamp(-box, box)

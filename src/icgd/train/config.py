@@ -10,13 +10,27 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from icgd.errors import ConfigError
+from icgd.errors import ConfigError, ICGDError
+from icgd.memory import MemoryEstimate
 
 # fields that may change between a run and its resumption without changing what is computed
 RESUMABLE = ("steps", "device", "log_every", "save_every", "tensorboard", "out")
+DEVICE = re.compile(r"cpu|mps|cuda(:[0-9]+)?")
+
+
+def _default_learner(name: str) -> bool:
+    from icgd.learners import make_learner
+
+    try:
+        make_learner(name)
+    except ICGDError:
+        return False
+    return True
 
 
 @dataclass
@@ -81,8 +95,7 @@ class TrainConfig:
                      "eval_prompts", "log_every", "save_every", "max_skips"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"config key {name!r} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0 or self.grad_clip < 0 or self.warmup < 0:
-            raise ConfigError("lr must be > 0, grad_clip and warmup >= 0")
+        self._check_numbers()
         choices = {"model": ("icl", "lsa"), "attention": ("softmax", "relu", "linear"),
                    "token_format": ("interleaved", "concat"), "dtype": ("float32", "float64"),
                    "on_nonfinite": ("stop", "skip")}
@@ -90,6 +103,72 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"config key {name!r} must be one of {', '.join(allowed)}, got "
                                   f"{getattr(self, name)!r}")
+        if not DEVICE.fullmatch(self.device):
+            raise ConfigError(f"config key 'device' must look like cpu, cuda, cuda:1 or mps, got {self.device!r}")
+        if self.model == "icl" and self.n_embd % self.n_head:
+            raise ConfigError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        self._check_task()
+        self._check_baselines()
+        try:
+            json.dumps(self.to_dict(), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"the config must hold JSON values only (numbers, strings, lists, tables): {exc}") \
+                from None
+
+    def _check_numbers(self) -> None:
+        """Finite floats in their ranges; warmup and seed >= 0."""
+        ranges = {"lr": (0.0, None, False), "lr_min_ratio": (0.0, 1.0, True), "weight_decay": (0.0, None, True),
+                  "beta1": (0.0, 1.0, True), "beta2": (0.0, 1.0, True), "grad_clip": (0.0, None, True),
+                  "init_std": (0.0, None, True)}
+        for name, (lo, hi, closed) in ranges.items():
+            v = float(getattr(self, name))
+            ok = math.isfinite(v) and (v >= lo if closed else v > lo) and (hi is None or v <= hi)
+            if name.startswith("beta"):
+                ok = ok and v < 1.0
+            if not ok:
+                upper = "" if hi is None else (" and < 1" if name.startswith("beta") else f" and <= {hi}")
+                raise ConfigError(f"config key {name!r} must be a finite number {'>=' if closed else '>'} {lo}"
+                                  f"{upper}, got {getattr(self, name)!r}")
+        for name in ("warmup", "seed"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"config key {name!r} must be >= 0, got {getattr(self, name)}")
+
+    def _check_task(self) -> None:
+        """The task and the curriculum can be built, and fit the model's sizes."""
+        from icgd.tasks import Curriculum, make_task
+
+        clash = sorted({"d", "d_out"} & set(self.task_kwargs))
+        if clash:
+            raise ConfigError(f"task_kwargs must not set {', '.join(clash)}: use the config keys d_in and d_out")
+        try:
+            make_task(self.task, d=self.d_in, d_out=self.d_out, **self.task_kwargs)
+        except ICGDError as exc:
+            raise ConfigError(f"config keys 'task'/'task_kwargs': {exc}") from None
+        if not self.curriculum:
+            return
+        try:
+            cur = Curriculum(**self.curriculum)
+        except TypeError as exc:
+            raise ConfigError(f"config key 'curriculum': {exc}; keys are dims_start, dims_end, points_start, "
+                              f"points_end, dims_inc, points_inc, interval, dims_interval, points_interval") from None
+        except ICGDError as exc:
+            raise ConfigError(f"config key 'curriculum': {exc}") from None
+        if cur.dims_end > self.d_in or cur.points_end > self.n_points:
+            raise ConfigError(f"the curriculum ends at {cur.dims_end} dims and {cur.points_end} points but the run "
+                              f"has d_in={self.d_in}, n_points={self.n_points}; raise those or lower the curriculum")
+
+    def _check_baselines(self) -> None:
+        from icgd.learners import LEARNERS, make_learner
+
+        for name in self.baselines:
+            if name == "gd":
+                continue
+            try:
+                make_learner(name)
+            except ICGDError as exc:
+                raise ConfigError(f"config key 'baselines': {name!r} cannot be a baseline ({exc}); baselines are "
+                                  f"gd or learners without required arguments: "
+                                  f"{', '.join(n for n in LEARNERS if _default_learner(n))}") from None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -117,9 +196,51 @@ class TrainConfig:
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read the config {path}: {exc}") from exc
+            d = json.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise ConfigError(f"cannot read the config {path}: {exc}") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"the config {path} must be a JSON object, got {type(d).__name__}")
+        return cls.from_dict(d)
+
+
+def model_params(cfg: TrainConfig) -> int:
+    """Exact parameter count of the model :func:`icgd.train.loop.build_model` builds for `cfg` (nothing is built)."""
+    if cfg.model == "lsa":
+        D = cfg.d_in + cfg.d_out
+        return (1 if cfg.shared else cfg.n_layer) * 4 * cfg.n_head * D * D
+    E, ln = cfg.n_embd, 2 * cfg.n_embd if cfg.layernorm else 0
+    tpp = 2 if cfg.token_format == "interleaved" else 1
+    token_dim = cfg.d_in + cfg.d_out + (1 if cfg.token_format == "concat" else 0)
+    block = ln + 4 * E * E + 4 * E + ((ln + 8 * E * E + 5 * E) if cfg.mlp else 0)
+    return (token_dim + 1) * E + tpp * cfg.n_points * E + cfg.n_layer * block + ln + (E + 1) * cfg.d_out
+
+
+def train_memory(cfg: TrainConfig) -> MemoryEstimate:
+    """Bytes a training run of `cfg` needs, without building anything: the parameters with their gradients and
+    AdamW moments (4 copies, exact), the activations kept for the backward pass of one batch (per layer and pass:
+    about 16·n_embd numbers per token with an MLP, 7 without, plus 3 attention maps of n_head·T² for T tokens), and
+    the held-out evaluation (a forward pass of eval_prompts prompts, plus the float64 baselines). Within a small
+    factor; see :mod:`icgd.memory`."""
+    s = 8 if cfg.dtype == "float64" else 4
+    params = 4 * model_params(cfg) * s
+    n = cfg.n_points + (1 if cfg.model == "lsa" else 0)
+    if cfg.model == "lsa":
+        D = cfg.d_in + cfg.d_out
+        per_prompt = cfg.n_layer * cfg.n_head * (4 * n * D + 2 * n * n)
+        train_acts, eval_acts = cfg.batch_size * per_prompt * s, cfg.eval_prompts * per_prompt * s // cfg.n_layer
+    else:
+        T = (2 if cfg.token_format == "interleaved" else 1) * n
+        per_layer = T * cfg.n_embd * (16 if cfg.mlp else 7) + 3 * cfg.n_head * T * T
+        train_acts = cfg.batch_size * cfg.n_layer * cfg.loop * per_layer * s
+        eval_acts = cfg.eval_prompts * per_layer * s  # no grad: one layer at a time
+    d = cfg.d_in
+    baselines = 8 * cfg.eval_prompts * n * (3 * d * d + 4 * d + n)  # prefix Gram matrices, kNN distances (float64)
+    what = (f"training {cfg.model} (n_layer={cfg.n_layer}, n_embd={cfg.n_embd}, batch_size={cfg.batch_size}, "
+            f"n_points={cfg.n_points}, eval_prompts={cfg.eval_prompts})")
+    return MemoryEstimate(what, {"params+grads+adam": params, "activations": train_acts,
+                                 "evaluation": eval_acts + baselines},
+                          reduce="reduce n_embd, n_layer, batch_size, n_points or eval_prompts")
 
 
 def _parse_value(text: str):
@@ -130,9 +251,22 @@ def _parse_value(text: str):
         return text
 
 
+def _is_json(value) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def apply_overrides(d: dict, overrides: list[str]) -> dict:
     """``key=value`` strings applied to a config dict; ``task_kwargs.noise=0.1`` sets one entry of a dict field."""
+    bad = [k for k, v in d.items() if not _is_json(v)]
+    if bad:
+        raise ConfigError(f"config key(s) {', '.join(map(repr, bad))} must hold numbers, strings, booleans, lists or "
+                          f"tables, got {', '.join(type(d[k]).__name__ for k in bad)}")
     d = json.loads(json.dumps(d))
+    tables = {f.name for f in fields(TrainConfig) if f.type in ("dict", dict)}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set needs key=value, got {item!r}")
@@ -140,12 +274,30 @@ def apply_overrides(d: dict, overrides: list[str]) -> dict:
         key, value = key.strip(), _parse_value(value.strip())
         if "." in key:
             outer, inner = key.split(".", 1)
+            if outer in tables and outer not in d:
+                d[outer] = {}
             if not isinstance(d.get(outer), dict):
                 raise ConfigError(f"{outer!r} is not a table of the config; dotted keys work for: "
                                   f"{', '.join(k for k, v in d.items() if isinstance(v, dict))}")
             d[outer][inner] = value
         else:
             d[key] = value
+    return d
+
+
+def load_config_file(path: Path) -> dict:
+    """A config file: JSON (``.json``, e.g. a run's config.json) or TOML (anything else); its top level must be a
+    table of config keys."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        try:
+            d = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise ConfigError(f"cannot read the JSON config {path}: {exc}") from None
+    else:
+        d = load_toml(path)
+    if not isinstance(d, dict):
+        raise ConfigError(f"the config {path} must be a table of keys (a JSON object), got {type(d).__name__}")
     return d
 
 
@@ -157,8 +309,8 @@ def load_toml(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read the TOML config {path}: {exc}") from exc
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read the TOML config {path}: {exc}") from None
 
 
 def _preset(**kw) -> dict:
@@ -212,9 +364,10 @@ def preset_config(name: str) -> dict:
 
 def build_config(preset: str | None = None, config_file: Path | None = None,
                  overrides: list[str] | None = None) -> TrainConfig:
-    """Preset, then the TOML file, then ``--set`` overrides, each on top of the previous."""
+    """Preset, then the config file (TOML, or JSON for ``.json``), then ``--set`` overrides, each on top of the
+    previous."""
     d = preset_config(preset) if preset else {}
     if config_file is not None:
-        d.update(load_toml(config_file))
+        d.update(load_config_file(config_file))
     d = apply_overrides(d, overrides or [])
     return TrainConfig.from_dict(d)

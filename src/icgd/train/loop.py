@@ -37,10 +37,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from icgd.errors import ConfigError, TrainingError
+from icgd.errors import CheckpointError, ConfigError, TrainingError
 from icgd.train.checkpoint import (has_checkpoint, load_checkpoint, optimizer_tensors, restore_optimizer,
                                    save_checkpoint)
-from icgd.train.config import TrainConfig
+from icgd.train.config import TrainConfig, train_memory
 
 EVAL_STREAM = 1 << 40  # the held-out prompts use step numbers no training step reaches
 TUNE_STREAM = EVAL_STREAM + 1
@@ -164,12 +164,29 @@ class MetricsLog:
     def __init__(self, path: Path):
         self.path = path
 
+    def _lines(self) -> list[tuple[str, dict]]:
+        """Complete records; a torn last line (the process killed mid-write) is skipped."""
+        if not self.path.exists():
+            return []
+        out = []
+        for line in self.path.read_text().splitlines():
+            try:
+                out.append((line, json.loads(line)))
+            except ValueError:
+                continue
+        return out
+
     def truncate_after(self, step: int) -> None:
+        """Keep the records up to `step` (written atomically: temp file, fsync, os.replace)."""
         if not self.path.exists():
             return
-        keep = [line for line in self.path.read_text().splitlines() if line.strip() and
-                json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in keep))
+        keep = [line for line, record in self._lines() if record.get("step", step + 1) <= step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w") as f:
+            f.write("".join(line + "\n" for line in keep))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
 
     def append(self, record: dict) -> None:
         with open(self.path, "a") as f:
@@ -178,9 +195,7 @@ class MetricsLog:
             os.fsync(f.fileno())
 
     def read(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return [record for _, record in self._lines()]
 
 
 @dataclass
@@ -343,18 +358,34 @@ def _progress(enabled: bool):
                     TimeRemainingColumn(), transient=False)
 
 
+def _check_start(cfg: TrainConfig, steps: int | None) -> None:
+    """What must hold before a run starts or resumes: a usable device, a sane `steps`, and a memory estimate
+    within the limit (:func:`icgd.train.config.train_memory`)."""
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ConfigError(f"steps must be an integer >= 1, got {steps!r}")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {cfg.device!r} was asked for but torch sees no CUDA device; use --device cpu")
+    if cfg.device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device 'mps' was asked for but is not available; use --device cpu")
+    train_memory(cfg).check(cfg.device)
+
+
 def train(cfg: TrainConfig, out: str | Path, *, steps: int | None = None, progress: bool = True) -> Trainer:
-    """Start a run in `out` (which must not hold a checkpoint) and train it."""
+    """Start a run in `out` (which must not hold a checkpoint) and train it. Everything that can fail on the
+    config (device, memory estimate, task, model, held-out set, baselines) is done before the run folder is
+    created or written."""
     out = Path(out)
     if has_checkpoint(out):
         raise ConfigError(f"{out} already holds a run; resume it with `icgd train --resume {out}` or choose "
                           f"another --out")
+    _check_start(cfg, steps)
     rank, world = _distributed(cfg)
+    trainer = Trainer(cfg, out, progress=progress, rank=rank, world=world)
+    trainer.baselines = baseline_losses(cfg, trainer.task, trainer.eval_batch)
     out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         cfg.save(out / "config.json")
         (out / "metrics.jsonl").unlink(missing_ok=True)
-    trainer = Trainer(cfg, out, progress=progress, rank=rank, world=world)
     trainer.run(steps)
     return trainer
 
@@ -363,11 +394,15 @@ def resume(out: str | Path, *, steps: int | None = None, force: bool = False, pr
            overrides: dict | None = None) -> Trainer:
     """Continue the run in `out` from its newest complete checkpoint, to `steps` total steps."""
     out = Path(out)
+    if not (out / "config.json").is_file():
+        raise CheckpointError(f"no run to resume in {out} (no config.json); pass the --out folder of an earlier "
+                              f"`icgd train`")
     cfg = TrainConfig.load(out / "config.json")
     if overrides:
         cfg = TrainConfig.from_dict({**cfg.to_dict(), **overrides})
+    _check_start(cfg, steps)
     if steps is not None:
-        cfg.steps = max(steps, 1)
+        cfg.steps = steps
     rank, world = _distributed(cfg)
     trainer = Trainer(cfg, out, progress=progress, rank=rank, world=world)
     trainer.restore(force=force)
