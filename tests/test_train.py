@@ -127,6 +127,138 @@ def test_sigkill_during_save_then_resume_is_exact(tmp_path, kill_at):
     assert _losses(tmp_path / "run") == _losses(reference)
 
 
+_FAULTS = textwrap.dedent("""
+    import os, pathlib, signal, sys
+    import icgd.train.checkpoint as ck
+    import icgd.train.loop as loop
+    from icgd.cli import main
+    from icgd.train import build_config, resume, train
+
+    mode, at = sys.argv[2], int(sys.argv[3])
+    die = lambda: os.kill(os.getpid(), signal.SIGKILL)
+    count = [0]
+
+    def tick():
+        count[0] += 1
+        return count[0] == at
+
+    if mode == "step":  # between steps: at the start of training step `at` (0-based)
+        real_step = loop.Trainer.train_step
+        def train_step(self, step):
+            if step == at:
+                die()
+            return real_step(self, step)
+        loop.Trainer.train_step = train_step
+    elif mode == "ctrl-c":  # a real SIGINT at the start of training step `at`
+        real_step = loop.Trainer.train_step
+        def train_step(self, step):
+            if step == at:
+                os.kill(os.getpid(), signal.SIGINT)
+            return real_step(self, step)
+        loop.Trainer.train_step = train_step
+    elif mode == "write":  # the `at`-th tensor file is half written when the process dies
+        real_save = ck.save_file
+        def save_file(tensors, path):
+            real_save(tensors, path)
+            if tick():
+                size = os.path.getsize(path)
+                with open(path, "r+b") as f:
+                    f.truncate(size // 2)
+                die()
+        ck.save_file = save_file
+    elif mode == "unlink":  # dies while removing the `at`-th .prev file (the new checkpoint is committed)
+        real_unlink = pathlib.Path.unlink
+        def unlink(self, missing_ok=False):
+            if self.name.endswith(".prev") and self.exists() and tick():
+                die()
+            return real_unlink(self, missing_ok=missing_ok)
+        pathlib.Path.unlink = unlink
+    elif mode == "metrics":  # dies in the middle of the `at`-th metrics line
+        real_append = loop.MetricsLog.append
+        def append(self, record):
+            if tick():
+                with open(self.path, "a") as f:
+                    f.write('{"step": 99, "train_lo')
+                    f.flush()
+                    os.fsync(f.fileno())
+                die()
+            return real_append(self, record)
+        loop.MetricsLog.append = append
+    overrides = sys.argv[4:]
+    run = os.environ["RUN"]
+    if sys.argv[1] == "new":
+        if mode == "ctrl-c":
+            args = ["train", "--preset", "garg-linear-smoke", "--out", run]
+            for o in overrides:
+                args += ["--set", o]
+            main(args)
+        train(build_config("garg-linear-smoke", overrides=overrides), run, progress=False)
+    else:
+        resume(run, steps=8, progress=False)
+""")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    train(build_config("garg-linear-smoke", overrides=[*TINY, "steps=8", "save_every=8"]), out, progress=False)
+    return out
+
+
+@pytest.mark.parametrize("mode,at,save_every,survivor", [
+    ("step", 5, 2, 4),  # between steps, one step past the last checkpoint (metrics of step 5 must be dropped)
+    ("write", 4, 2, 2),  # save_file calls: model@2, state@2, model@4, state@4 (half written here), model@6 …
+    ("write", 5, 2, 4),  # … the 3rd checkpoint's model file half written
+    ("unlink", 2, 2, 4),  # after the 2nd checkpoint committed, while its .prev files are removed
+    ("metrics", 3, 2, 2),  # a torn metrics line
+    ("ctrl-c", 5, 3, 5),  # Ctrl-C: a checkpoint at the last completed step, exit status 130
+])
+def test_faults_anywhere_then_resume_is_exact(tmp_path, uninterrupted, mode, at, save_every, survivor):
+    """SIGKILL between steps, mid-write of a tensor file, mid-cleanup and mid-metrics-line, or Ctrl-C: a complete
+    checkpoint survives, and the resumed run's train_loss sequence and final weights equal an uninterrupted run's
+    bitwise (CPU)."""
+    overrides = [*TINY, "steps=8", f"save_every={save_every}"]  # save_every does not change the computation
+    reference = uninterrupted
+    script = tmp_path / "faults.py"
+    script.write_text(_FAULTS)
+    env = {**os.environ, "RUN": str(tmp_path / "run"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(script), "new", mode, str(at), *overrides], env=env,
+                          capture_output=True, text=True, timeout=300)
+    expected = 130 if mode == "ctrl-c" else -signal.SIGKILL
+    assert proc.returncode == expected, proc.stderr[-3000:]
+    if mode == "ctrl-c":
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("icgd: aborted") and "--resume" in lines[0], proc.stderr
+    assert load_checkpoint(tmp_path / "run").step == survivor
+    proc = subprocess.run([sys.executable, str(script), "resume", "none", "0"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _losses(tmp_path / "run") == _losses(reference)
+    a, b = load_checkpoint(reference), load_checkpoint(tmp_path / "run")
+    assert b.step == 8 and all(torch.equal(a.model[k], b.model[k]) for k in a.model)
+    assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)
+
+
+def test_kill_before_the_first_checkpoint_then_start_over(tmp_path, capsys):
+    """No checkpoint yet: resuming is refused with one line (exit 2), and a new run in the same folder is allowed
+    and equals an uninterrupted one."""
+    overrides = [*TINY, "steps=6", "save_every=3"]
+    reference = tmp_path / "ref"
+    train(build_config("garg-linear-smoke", overrides=overrides), reference, progress=False)
+    script = tmp_path / "faults.py"
+    script.write_text(_FAULTS)
+    env = {**os.environ, "RUN": str(tmp_path / "run"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(script), "new", "step", "2", *overrides], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--resume", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(err) == 1 and "no complete checkpoint" in err[0]
+    train(build_config("garg-linear-smoke", overrides=overrides), tmp_path / "run", progress=False)
+    assert _losses(tmp_path / "run") == _losses(reference)
+
+
 def test_lsa_smoke_reaches_gd_and_aligns_with_the_construction(tmp_path, one_thread):
     """[train] acceptance: lsa-smoke ends within 3 % of the tuned 1-step GD loss, model cos >= 0.99."""
     from icgd.analysis import model_cos

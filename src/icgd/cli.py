@@ -298,6 +298,12 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def _aborted() -> None:
+    print("icgd: aborted (a training run saved a checkpoint at its last completed step; continue it with "
+          "icgd train --resume DIR)", file=sys.stderr)
+    sys.exit(130)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning usage errors and icgd errors into one line and exit code 2
     (``--debug`` anywhere on the command line shows the traceback instead)."""
@@ -309,8 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         result = app(args=argv, standalone_mode=False)
     except typer.Abort:
-        print("icgd: aborted", file=sys.stderr)
-        sys.exit(130)
+        _aborted()
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except ICGDError as exc:
@@ -327,6 +332,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"icgd: error: {_one_line(message)}", file=sys.stderr)
             sys.exit(2)
         raise
+    if result == 130:  # typer reports Ctrl-C as exit code 130
+        _aborted()
     if isinstance(result, int) and result:
         sys.exit(result)
 
