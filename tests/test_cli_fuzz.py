@@ -332,3 +332,19 @@ def test_memory_limit_env_is_validated_and_honoured(tmp_path, capsys, monkeypatc
     assert "0.001 GiB available" in line
     assert not (tmp_path / "r").exists()
     json.dumps(line)  # printable
+
+
+def test_deterministic_flag_gives_the_same_run_on_cpu(tmp_path, capsys):
+    """--deterministic switches torch to deterministic kernels; on CPU the run is bitwise the default one."""
+    args = ["train", "--preset", "garg-linear-smoke", *TINY, "--steps", "3", "--log-every", "1"]
+    try:
+        code, _, err = run([*args, "--deterministic", "--out", str(tmp_path / "a")], capsys)
+        assert code == 0, err
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    code, _, err = run([*args, "--out", str(tmp_path / "b")], capsys)
+    assert code == 0, err
+    losses = [[json.loads(line)["train_loss"] for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+              for d in ("a", "b")]
+    assert len(losses[0]) == 3 and losses[0] == losses[1]

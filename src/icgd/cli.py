@@ -212,8 +212,13 @@ def train(
     force: bool = typer.Option(False, "--force", help="resume even if the config differs from the checkpoint's"),
     tensorboard: bool = typer.Option(False, "--tensorboard", help="also log to DIR/tb (needs tensorboard)"),
     list_: bool = typer.Option(False, "--list", help="list the presets and exit"),
+    deterministic: bool = typer.Option(False, "--deterministic", help="torch.use_deterministic_algorithms(True) "
+                                       "(+ CUBLAS_WORKSPACE_CONFIG): bitwise-repeatable GPU runs, slower; fails on "
+                                       "ops without a deterministic kernel"),
 ) -> None:
     """Meta-train a transformer on random prompts; metrics.jsonl compares it with baselines on the same prompts."""
+    import os
+
     from icgd.train import PRESETS, build_config
     from icgd.train import resume as resume_run
     from icgd.train import train as train_run
@@ -222,6 +227,9 @@ def train(
         for name in sorted(PRESETS):
             console.print(name)
         return
+    if deterministic:  # process-wide, before any CUDA work (cuBLAS reads the variable at its first call)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
     flags = {"seed": seed, "device": device, "log_every": log_every, "save_every": save_every}
     flags = {k: v for k, v in flags.items() if v is not None}
     if tensorboard:

@@ -11,9 +11,13 @@ baselines of :mod:`icgd.learners` on the same held-out prompts, crash-safe check
 
 **Determinism.** The prompts of step s are drawn from a generator seeded by ``(seed, s)``
 (:meth:`icgd.tasks.Task.sample`), the model is initialised from a generator seeded by `seed`, and the held-out set
-from ``(seed, EVAL_STREAM)``. No global RNG state is used, so a run resumed from its checkpoint at step s computes the
-same steps s+1, s+2, … as the uninterrupted run: bitwise on CPU (same machine, same torch, same thread count). On
-GPU some kernels (atomics in backward passes) are not deterministic; results then agree to float tolerance only.
+from ``(seed, EVAL_STREAM)``. No global RNG state is used, so a run resumed from its checkpoint at step s sees the
+same prompts and computes the same steps s+1, s+2, … as the uninterrupted run: bitwise on CPU (same machine, same
+torch, same thread count; tested by killing runs anywhere, tests/test_train.py). On GPU, cuBLAS/cuDNN algorithm
+choice, the fused SDPA kernels and atomic adds in backward passes may differ from run to run; results then agree to
+float tolerance only, unless ``icgd train --deterministic`` (``torch.use_deterministic_algorithms(True)`` with
+``CUBLAS_WORKSPACE_CONFIG=:4096:8``) is used. DDP all-reduces in an order that depends on the process count, so a
+2-process run matches a 1-process run to float tolerance, not bitwise.
 
 **Losses.** ``model="icl"``: mean over prompts, positions and outputs of (ŷ_i − y_i)², ŷ_i predicted from the
 pairs before i (Garg et al.). ``model="lsa"``: ½ mean over prompts of ‖ŷ_q − y_q‖² for one query (von Oswald et
