@@ -80,7 +80,7 @@ def test_deep_gd_softmax_parameter_bytes_within_ten_percent(spec, kw, one_thread
     assert 0.9 < est.parts["params"] / tensor_bytes(model) < 1.1
 
 
-def test_linear_constructions_within_a_factor_two(one_thread):
+def test_linear_constructions_within_a_small_factor(one_thread):
     for d, knots, loss in [(3, 64, "squared"), (5, 256, "logistic")]:
         ratio = convex_gd_memory(d, knots=knots, loss=loss).parts["params"] / tensor_bytes(
             convex_gd(d, loss=loss, eta=0.1, steps=2, knots=knots))
