@@ -581,8 +581,8 @@ def _verdicts(report: Report) -> None:
         "reproduced" if good and rel < 0.1 else "partly" if good else "not",
         f"{con['layers']}-layer construction ({s['con_steps']} GD steps, η = "
         f"{m['construction_setup']['eta']:g}, {s['con_knots']} knots per fit): largest |ŷ_construction − "
-        f"ŷ_autograd GD| = {h['construction_in_dist_max_abs_diff']:.2e} in distribution (R² equal to "
-        f"{in_r2:.1e} at every k), "
+        f"ŷ_autograd GD| = {h['construction_in_dist_max_abs_diff']:.2e} in distribution (R² within "
+        f"{in_r2:.1e} of autograd GD's at every k), "
         f"{h['construction_max_abs_diff']:.2e} over all settings ({rel:.2e} of the labels' std at worst; the "
         f"error is the piecewise-linear fit of tanh, O(knots⁻²)); its in-distribution R² over k = {k0}…{n - 1} "
         f"is {h['construction_in_dist']:.3f}, vs {h['direct_in_dist']:.3f} for direct training: L = "
