@@ -46,6 +46,7 @@ SCALES = {
 
 
 FALL = 0.05  # "falls with depth": each deeper model at least 5 % below the shallower one
+PROBE_R2 = 0.3  # "decodable": a held-out probe R² of at least this, in a block after the embedding
 
 # ------------------------------------------------------------------------------------------------- computation
 
@@ -97,15 +98,16 @@ def ilwd_metrics(model, refs: dict, task, s: dict, seed: int) -> dict:
 
 
 def probe_metrics(model: ICLTransformer, s: dict, task, seed: int) -> dict:
-    """Held-out R² and MSE of linear (ridge) probes for w_OLS and XᵀY on every layer's residual stream, read at
-    the query token that follows n − 1 context pairs."""
-    p = sample(task, s["probe_prompts"], s["n"] - 1, m=1, seed=seed, step=900)
+    """Held-out R² and MSE of linear (ridge) probes for w_OLS and XᵀY on every layer's residual stream, mean-pooled
+    over the 2n tokens of a prompt of n pairs (uniform pooling: the special case of the paper's learned
+    position-attention pooling)."""
+    p = sample(task, s["probe_prompts"], s["n"], m=0, seed=seed, step=900)
     names = ["hook_embed"] + [f"blocks.{i}.hook_resid_post" for i in range(model.config.n_layer)]
     with torch.no_grad():
-        _, cache = model.run_with_cache(p.X, p.Y, p.x_query, names_filter=lambda k: k in names)
+        _, cache = model.run_with_cache(p.X, p.Y, names_filter=lambda k: k in names)
     out = {}
     for target, value in (("w_ols", ols_weights(p.X, p.Y)), ("xty", moment_vector(p.X, p.Y))):
-        res = probe_layers(cache, value.flatten(1), names=names, position=-1, lam=1e-2,
+        res = probe_layers(cache, value.flatten(1), names=names, position="mean", lam=1e-2,
                            generator=torch.Generator().manual_seed(seed))
         out[target] = {"r2": [res[k]["r2"] for k in names], "mse": [res[k]["mse"] for k in names]}
     return out
@@ -181,6 +183,7 @@ def _fig_phase(report: Report) -> None:
         ax.set(xscale="log", yscale="log", xlabel="layers", ylabel="SPD / d (mean over prefixes)",
                title=f"σ = {noise:g}, τ = {s['tau']:g}")
         ax.set_xticks(depths, [str(x) for x in depths])
+        ax.minorticks_off()
         ax.legend(fontsize=7)
     report.figure(fig, "phase", "The phase picture: how close each trained transformer's predictions are to each "
                   "reference learner (SPD, lower = closer), against depth, per noise level.")
@@ -222,8 +225,9 @@ def _fig_probes(report: Report) -> None:
         ax.plot(range(len(v)), v, "x--", color="0.5", label="untrained (control)")
         ax.set(xlabel="layer (0 = embedding)", ylabel="held-out R² of a linear probe", title=f"probe for {label}")
         ax.legend(fontsize=7)
-    report.figure(fig, "probes", "Linear (ridge) probes for w_OLS and XᵀY read from the residual stream at the "
-                  "query token after every layer, scored on held-out prompts; the dashed line is an untrained model "
+    report.figure(fig, "probes", "Linear (ridge) probes for w_OLS and XᵀY read from the residual stream "
+                  "(mean over the prompt's tokens) after every layer, scored on held-out prompts; the dashed line "
+                  "is an untrained model "
                   "of the largest depth.")
 
 
@@ -237,6 +241,16 @@ def _fig_training(report: Report) -> None:
     ax.legend(fontsize=7)
     report.figure(fig, "training", "Held-out loss of every trained transformer during training (mean over prompts "
                   "and prefixes; the zero predictor scores d·τ² + σ²).")
+
+
+def _undertrained(m: dict) -> str:
+    """A sentence on how far the noiseless models are from OLS's test error (empty when they are close)."""
+    gaps = [sum(r["error"]["model"][1:]) / max(sum(r["error"]["OLS"][1:]), 1e-12) for r in _rows(m, 0.0)]
+    if not gaps or min(gaps) < 1.5:
+        return ""
+    return (f" At this scale the noiseless models' test error is {min(gaps):.1f}–{max(gaps):.1f}× that of OLS: the "
+            "transformers are far from converged (the paper trains 500 000 steps), and the deeper ones leave the "
+            "initial plateau later (see the training curves), which is what breaks the depth trend.")
 
 
 def render(report: Report) -> None:
@@ -258,11 +272,13 @@ def render(report: Report) -> None:
             "**Reduced vs the paper** (to fit a 2-core CPU): d = "
             f"{s['d']} (paper 8; 4 for probing), {s['n']} examples (paper 40), width {s['n_embd']} (paper 512), "
             f"{s['n_head']} heads (paper 4), depths up to {max(s['depths'])} (paper 16), {s['steps']} training "
-            "steps (paper 500 000), and linear ridge probes at one token (the paper trains attention-pooled MLP "
-            "probes). The GD baseline is one GD step from 0 with η line-searched (normalised by the number of "
+            "steps (paper 500 000), and linear ridge probes on token-averaged states (the paper trains "
+            "attention-pooled MLP probes). The GD baseline is one GD step from 0 with η line-searched "
+            "(normalised by the number of "
             "examples) rather than the paper's fixed GD(α) grid. The absolute SPDs are therefore far above the "
             "paper's; the comparisons that carry over are the trends across depth and noise."
         )
+    under = _undertrained(m)
     # claim 1: SPD to OLS falls with depth (noiseless), the cpu target
     if clean:
         spd_ols = [r["spd"]["OLS"]["mean"] for r in clean]
@@ -274,7 +290,7 @@ def render(report: Report) -> None:
             "SPD/d to OLS (mean over prefixes; a fall counts when ≥ 5 %) by depth: "
             + ", ".join(f"{r['depth']} L {v:.4f}" for r, v in zip(clean, spd_ols))
             + "; MSPD (1 ≤ i < d): " + ", ".join(f"{r['depth']} L {r['spd']['OLS']['mspd']:.4f}" for r in clean)
-            + ".")
+            + "." + under)
         best = [_best(r) for r in clean]
         shallow_gd = best[0] == "GD"
         deep_lsq = best[-1] == "OLS" or best[-1].startswith("Ridge")
@@ -301,21 +317,31 @@ def render(report: Report) -> None:
             checks.append(b == bayes)
             parts.append(f"σ = {noise:g}, {r['depth']} L: closest {b} (Bayes ridge {bayes}: SPD "
                          f"{r['spd'][bayes]['mean']:.4f}; OLS {r['spd']['OLS']['mean']:.4f})")
-        report.claim("With noisy labels the deepest model is closest to the Bayes-optimal ridge λ = σ²/τ²",
-                     verdict(checks), "; ".join(parts) + ".")
+            if clean and bayes in clean[-1]["spd"]:
+                specific = _best(clean[-1]) != bayes
+                checks.append(specific)
+                if not specific:
+                    parts.append(f"but the noiseless {clean[-1]['depth']}-layer model is closest to {bayes} too, "
+                                 "so the preference is shrinkage of an under-trained model, not specific to the "
+                                 "noise")
+        report.claim("With noisy labels the deepest model is closest to the Bayes-optimal ridge λ = σ²/τ² "
+                     "(and the noiseless one is not)", verdict(checks), "; ".join(parts) + ".")
     probed = [r for r in clean if "probes" in r]
     if probed:
         r, ctl = probed[-1], m["controls"]["untrained_probes"]
         checks, parts = [], []
         for target, label in (("w_ols", "w_OLS"), ("xty", "XᵀY")):
             v, c = r["probes"][target]["r2"], ctl[target]["r2"]
-            later = max(v[1:]) > v[0] + 0.05
+            later = max(v[1:]) >= PROBE_R2 and max(v[1:]) > v[0] + 0.1
             above = max(v) > max(c) + 0.1
             checks += [later, above]
             parts.append(f"{label}: R² by layer " + ", ".join(f"{x:.2f}" for x in v)
                          + f" (untrained best {max(c):.2f})")
         report.claim(f"w_OLS and XᵀY become decodable from the hidden states of later layers "
-                     f"({r['depth']}-layer noiseless model, linear probes)", verdict(checks), "; ".join(parts) + ".")
+                     f"({r['depth']}-layer noiseless model, linear probes)", verdict(checks),
+                     "; ".join(parts) + f". Decodable here: held-out R² ≥ {PROBE_R2} after the embedding and 0.1 "
+                     "above the untrained control. Our probes are linear on the token-averaged stream; the paper's "
+                     "are attention-pooled MLPs on a converged 16-layer model.")
 
     deep_clean = clean[-1] if clean else None
     if deep_clean:
@@ -327,7 +353,8 @@ def render(report: Report) -> None:
                              len(deep_clean["ilwd"]["ilwd"]["OLS"]), "the paper gives an upper bound")
     if 0.5 in noises and s["tau"] == 1.0:
         r = _rows(m, 0.5)[-1]
-        report.paper_vs_ours("mspd_ridge_bayes_sigma0.5", r["spd"]["Ridge(0.25)"]["mspd"], f"our {r['depth']}-layer model")
+        report.paper_vs_ours("mspd_ridge_bayes_sigma0.5", r["spd"]["Ridge(0.25)"]["mspd"],
+                             f"our {r['depth']}-layer model")
         report.paper_vs_ours("mspd_ols_sigma0.5", r["spd"]["OLS"]["mspd"], f"our {r['depth']}-layer model")
 
     report.heading("SPD and ILWD against the reference learners")
@@ -347,6 +374,9 @@ def render(report: Report) -> None:
     report.table(["layers", "σ", *[f"ILWD {k}" for k in m["models"][-1]["ilwd"]["ilwd"]], "R² of linear fit"], rows,
                  "ILWD/d averaged over the context lengths " + ", ".join(str(k) for k in s["ilwd_lengths"])
                  + "; the last column is the R² of the implicit linear fit to the model's predictions (App. F).")
+    if any(r["noise"] > 0 for r in m["models"]):
+        report.text("With noisy labels the min-norm OLS predictor interpolates the noise and blows up near i = d "
+                    "(the interpolation peak), which dominates its mean SPD; compare the MSPD and ridge columns.")
     _fig_phase(report)
     _fig_spd_curves(report)
     report.heading("Probes for w_OLS and XᵀY")
