@@ -37,11 +37,12 @@ from icgd.tasks import GaussianProcess, Prompt, make_task
 TITLE = "Cheng, Chen & Sra 2024: kernel attention implements functional GD; the matching activation wins"
 
 KINDS = ("linear", "relu", "exp")
+NEAR_BAYES = 0.95  # "approaches Bayes": closes ≥ 95 % of the predict-0 → Bayes gap
 CLEAR_WIN = 0.03  # a win by less than 3 % of the loss (one training seed) is reported as narrow
 _COMMON = {"d": 5, "kernels": list(KINDS), "resample_every": 10, "clip": 1.0, "init_std": 0.01}
 SCALES = {
-    "smoke": {**_COMMON, "ns": [6], "layers": 2, "steps": 40, "batch": 256, "lr": 0.01,
-              "eval_prompts": 1000, "tune_prompts": 500, "eta_grid": 12},
+    "smoke": {**_COMMON, "ns": [6], "layers": 2, "steps": 30, "batch": 200, "lr": 0.02,
+              "eval_prompts": 600, "tune_prompts": 300, "eta_grid": 10},
     "cpu": {**_COMMON, "ns": [6, 14], "layers": 3, "steps": 800, "batch": 1000, "lr": 0.02,
             "eval_prompts": 10000, "tune_prompts": 3000, "eta_grid": 40},
     "paper": {**_COMMON, "ns": [2, 4, 6, 8, 10, 12, 14], "layers": 3, "steps": 20000, "batch": 30000, "lr": 0.001,
@@ -263,12 +264,18 @@ def _fig_table(report: Report) -> None:
             ax.bar(x - 0.2, [row["trained"][a]["loss"] for a in kinds], 0.4, label="trained", color="C0")
             ax.bar(x + 0.2, [row["fgd"][a]["loss"] for a in kinds], 0.4, label="functional GD (tuned η)",
                    color="C1")
-            ax.axhline(row["bayes_loss"], color="k", ls="--", lw=1, label="Bayes (GP posterior mean)")
+            bars = [row[w][a]["loss"] for w in ("trained", "fgd") for a in kinds]
+            if row["bayes_loss"] > 1e-3 * min(bars):
+                ax.axhline(row["bayes_loss"], color="k", ls="--", lw=1, label="Bayes (GP posterior mean)")
+                low = min(bars + [row["bayes_loss"]]) / 1.5
+            else:  # e.g. linear data with n ≥ d: the Bayes loss is ~1e-16 and would squash the bars
+                ax.text(0.02, 0.03, f"Bayes ≈ {row['bayes_loss']:.0e}", transform=ax.transAxes, fontsize=8)
+                low = min(bars) / 1.5
             ax.set_xticks(x, [f"{a}{' ✓' if a == dk else ''}" for a in kinds])
             ax.set(yscale="log", title=f"{dk} data, n = {table['n']}", xlabel="attention activation",
-                   ylabel="test loss E(ŷ − y)²")
-            if r == 0 and c == 0:
-                ax.legend(fontsize=7)
+                   ylabel="test loss E(ŷ − y)²", ylim=(low, max(bars) * (5 if c == 0 else 1.5)))
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    axes[0][0].legend(handles, labels, loc="upper left", fontsize=7)
     report.figure(fig, "kernel_table", "Test loss of each attention activation (✓ = matches the data kernel), "
                   f"{report.settings['layers']} layers: trained transformers (blue) and the functional-GD "
                   "construction with line-searched η (orange); dashed: the Bayes-optimal loss.")
@@ -290,6 +297,11 @@ def _fig_training(report: Report) -> None:
         ax.legend(fontsize=7)
     report.figure(fig, "training", "Training loss (one batch, resampled every "
                   f"{report.settings['resample_every']} steps) of the nine models at the largest n.")
+
+
+def gap_closed(loss: float, zero: float, bayes: float) -> float:
+    """Share of the gap between predicting 0 and the Bayes predictor that `loss` closes (1 = Bayes-optimal)."""
+    return (zero - loss) / (zero - bayes) if zero > bayes else float("nan")
 
 
 def _or_dash(x):
@@ -345,7 +357,11 @@ def render(report: Report) -> None:
             fchecks.append(w == dk)
             fparts.append(f"n = {t['n']}, {dk} → {w}")
     report.claim("Functional GD (the construction, tuned η): the kernel that matches the data is the best of the "
-                 "three", verdict(fchecks), "; ".join(fparts) + f" ({sum(fchecks)} of {len(fchecks)}).")
+                 "three", verdict(fchecks), "; ".join(fparts) + f" ({sum(fchecks)} of {len(fchecks)})."
+                 + ("" if all(fchecks) else f" Likely why: with {s['layers']} steps of one constant η, a kernel "
+                    "whose matrix has one dominant eigenvalue (exp⟨x, x'⟩ has a large near-constant part) must take "
+                    "a small η, so the other directions barely move; the paper's optimality statement is for many "
+                    "layers (learned per-layer steps help — the trained models do better)."))
     # claim 3: the trained matching model is at least as good as the FGD construction and approaches Bayes
     c3, p3 = [], []
     for t in tables:
@@ -355,8 +371,19 @@ def render(report: Report) -> None:
             c3.append(tr <= fg * 1.02)
             p3.append(f"n = {t['n']}, {dk}: trained {tr:.4f} vs FGD {fg:.4f} vs Bayes {by:.4f}")
     report.claim("Trained matching-activation transformers do at least as well as the functional-GD construction "
-                 "with the same kernel and depth (within 2 %), approaching the Bayes-optimal loss", verdict(c3),
-                 "; ".join(p3) + ".")
+                 "with the same kernel and depth (within 2 %)", verdict(c3), "; ".join(p3) + ".")
+    c4, p4 = [], []
+    for t in tables:
+        for dk in kinds:
+            row = t["data"][dk]
+            closed = gap_closed(row["trained"][dk]["loss"], row["zero_loss"], row["bayes_loss"])
+            c4.append(closed >= NEAR_BAYES)
+            p4.append(f"n = {t['n']}, {dk}: {100 * closed:.1f} %")
+    report.claim("The matching activation approaches the Bayes-optimal loss (it closes at least "
+                 f"{100 * NEAR_BAYES:.0f} % of the gap between predicting 0 and the Bayes predictor)", verdict(c4),
+                 "share of the gap closed by the trained matching model: " + "; ".join(p4) + f". With "
+                 f"{s['layers']} layers even the construction stays above Bayes (the paper's convergence to Bayes "
+                 "is as the number of layers grows), and our training is short.")
 
     last = tables[-1]
     for dk in kinds:

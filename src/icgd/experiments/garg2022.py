@@ -170,6 +170,23 @@ def _fig_training(report: Report) -> None:
                   "prompts are smaller early on).")
 
 
+def _trend(training: dict) -> str:
+    """How the held-out training loss moved over the second half of training, as a phrase."""
+    steps, loss = training["step"], training["eval_loss"]
+    mid = min(range(len(steps)), key=lambda i: abs(steps[i] - steps[-1] / 2))
+    change = loss[-1] / loss[mid] - 1
+    return (f"held-out training loss {loss[mid]:.3g} at step {steps[mid]} → {loss[-1]:.3g} at step {steps[-1]} "
+            f"({100 * change:+.0f} %)")
+
+
+def _why(report: Report, part: str, zero_level: float) -> str:
+    """A short reason for a missed target: still improving (undertrained) or stuck at the predict-0 level."""
+    t = report.metrics[part]["training"]
+    stuck = t["eval_loss"][-1] >= 0.9 * zero_level
+    state = ("it has not left the predict-0 plateau" if stuck else "the model is still improving, i.e. undertrained")
+    return f" Why: {state} after {report.settings['steps']} steps (paper 500 000): {_trend(t)}."
+
+
 def _claims(report: Report) -> None:
     m, s = report.metrics, report.settings
     d, n = s["d"], s["n"]
@@ -177,20 +194,22 @@ def _claims(report: Report) -> None:
     T, O, A, K = c["transformer"], c["OLS"], c["averaging"], c["3-NN"]
     gap = _gap(T, O, range(1, n))
     beats = all(T["mean"][k] < min(A["mean"][k], K["mean"][k]) for k in range(d, n))
+    why_lin = _why(report, "linear", float(d))
     report.claim(
         "Linear functions: the trained transformer's error tracks least squares at every number of examples and is "
         "far below averaging and 3-NN",
         "reproduced" if gap <= TRACK and beats else ("partly" if beats else "not"),
         f"mean |transformer − OLS| over k = 1…{n - 1}: {gap:.4f} (threshold {TRACK}); at k = {d // 2}: transformer "
         f"{_at(T, d // 2):.3f}, OLS {_at(O, d // 2):.3f}; at k = {n - 1}: transformer {_at(T, n - 1):.4f}, averaging "
-        f"{_at(A, n - 1):.3f}, 3-NN {_at(K, n - 1):.3f}; below both baselines for all k ≥ d: {beats}.")
+        f"{_at(A, n - 1):.3f}, 3-NN {_at(K, n - 1):.3f}; below both baselines for all k ≥ d: {beats}." + ("" if gap <= TRACK else why_lin))
     after = [T["mean"][k] for k in range(d, n)]
     report.claim(
         f"Linear functions: once k ≥ d (= {d}) examples are given the transformer's error is ≈ 0, like OLS",
         "reproduced" if max(after) <= NEAR_ZERO else ("partly" if after[-1] <= NEAR_ZERO or
                                                         after[-1] < 0.25 * _at(T, d // 2) else "not"),
         f"transformer at k = d: {_at(T, d):.4f}, at k = {n - 1}: {_at(T, n - 1):.4f}, max over k ≥ d: "
-        f"{max(after):.4f} (threshold {NEAR_ZERO}); OLS at k = d: {_at(O, d):.2e}.")
+        f"{max(after):.4f} (threshold {NEAR_ZERO}); OLS at k = d: {_at(O, d):.2e}."
+        + ("" if max(after) <= NEAR_ZERO else why_lin))
     sc = m["sparse"]["curves"]
     sd, sn, sk = s["sparse_d"], s["sparse_n"], s["sparse_k"]
     ST, SO, SL = sc["transformer"], sc["OLS"], sc[_lasso_key(sc)]
@@ -205,7 +224,7 @@ def _claims(report: Report) -> None:
         "approaches the lasso", verdict([beats_ols, near_lasso]),
         f"mean error over k = 1…{min(sd, sn) - 1}: transformer {t_mean:.3f}, lasso {l_mean:.3f}, OLS {o_mean:.3f}; "
         f"at k = {sd // 2}: transformer {_at(ST, sd // 2):.3f}, lasso {_at(SL, sd // 2):.3f}, OLS "
-        f"{_at(SO, sd // 2):.3f}.")
+        f"{_at(SO, sd // 2):.3f}." + ("" if beats_ols and near_lasso else _why(report, "sparse", float(sk))))
 
 
 def render(report: Report) -> None:
