@@ -31,7 +31,7 @@ SCALES = {
               "steps": 40, "batch": 64, "lr": 1e-3, "warmup": 5, "curriculum": False, "curriculum_interval": 100,
               "eval_prompts": 300, "tune_prompts": 200, "lasso_alphas": [0.01, 0.1], "n_boot": 200},
     "cpu": {"d": 6, "n": 15, "sparse_d": 10, "sparse_k": 2, "sparse_n": 16, "n_layer": 3, "n_head": 2,
-            "n_embd": 64, "steps": 3000, "batch": 64, "lr": 1e-3, "warmup": 200, "curriculum": True,
+            "n_embd": 64, "steps": 6000, "batch": 64, "lr": 1e-3, "warmup": 200, "curriculum": True,
             "curriculum_interval": 200, "eval_prompts": 2000, "tune_prompts": 1000,
             "lasso_alphas": [0.001, 0.01, 0.1], "n_boot": 1000},
     "paper": {"d": 20, "n": 41, "sparse_d": 20, "sparse_k": 3, "sparse_n": 41, "n_layer": 12, "n_head": 8,
