@@ -3,7 +3,6 @@ every prefix) from the run's held-out prompts and its saved transformer."""
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -11,21 +10,13 @@ import torch
 
 from icgd.experiments.akyurek2023 import _task
 from icgd.experiments.icl_common import sample
-from icgd.experiments.reproduce import run_experiment
 from icgd.train import TrainConfig, load_checkpoint
 from icgd.train.loop import build_model
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("akyurek2023")
-    try:
-        run_experiment("akyurek2023", "smoke", out, log=lambda s: None)
-    finally:
-        torch.set_num_threads(threads)
-    return out, json.loads((out / "metrics.json").read_text())
+@pytest.fixture
+def smoke(smoke_run):
+    return smoke_run("akyurek2023")
 
 
 def _ols_prefix(X: np.ndarray, Y: np.ndarray) -> np.ndarray:

@@ -10,19 +10,12 @@ import torch
 
 from icgd.constructions import functional_gd
 from icgd.experiments import cheng2024 as exp
-from icgd.experiments.reproduce import RunContext, settings_for
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    s = settings_for("cheng2024", "smoke")
-    ctx = RunContext("cheng2024", "smoke", s, tmp_path_factory.mktemp("cheng2024"), log=lambda m: None)
-    try:
-        return s, ctx.seed, exp.run(ctx)
-    finally:
-        torch.set_num_threads(threads)
+@pytest.fixture
+def smoke(smoke_run):
+    out, record = smoke_run("cheng2024")
+    return record["settings"], record["meta"]["seed"], record["metrics"]
 
 
 def _kernel(kind: str, A: np.ndarray, B: np.ndarray) -> np.ndarray:

@@ -9,21 +9,16 @@ import pytest
 import torch
 
 from icgd.experiments import garg2022 as exp
-from icgd.experiments.reproduce import RunContext, settings_for
+from icgd.experiments.reproduce import RunContext
 from icgd.train import TrainConfig, load_checkpoint
 from icgd.train.loop import build_model
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    s = settings_for("garg2022", "smoke")
-    ctx = RunContext("garg2022", "smoke", s, tmp_path_factory.mktemp("garg2022"), log=lambda m: None)
-    try:
-        return s, ctx, exp.run(ctx)
-    finally:
-        torch.set_num_threads(threads)
+@pytest.fixture
+def smoke(smoke_run):
+    out, record = smoke_run("garg2022")
+    s = record["settings"]
+    return s, RunContext("garg2022", "smoke", s, out, seed=record["meta"]["seed"]), record["metrics"]
 
 
 def _prefix_numpy(X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

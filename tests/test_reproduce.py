@@ -12,22 +12,6 @@ from icgd.errors import ConfigError
 from icgd.experiments.report import VERDICTS, flatten, paper_values
 from icgd.experiments.reproduce import EXPERIMENTS, compare_runs, rebuild_report, run_experiment, settings_for
 
-_RUNS: dict = {}
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    """Run an experiment at smoke scale once per test session (module)."""
-
-    def get(name: str):
-        if name not in _RUNS:
-            out = tmp_path_factory.mktemp(name)
-            _RUNS[name] = (out, run_experiment(name, "smoke", out, log=lambda s: None))
-        return _RUNS[name]
-
-    return get
-
-
 def _scale_floats(x, factor: float):
     if isinstance(x, dict):
         return {k: _scale_floats(v, factor) for k, v in x.items()}
@@ -39,8 +23,8 @@ def _scale_floats(x, factor: float):
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_smoke_writes_a_report_from_its_metrics(name, smoke, one_thread):
-    out, files = smoke(name)
+def test_smoke_writes_a_report_from_its_metrics(name, smoke_run):
+    out, _ = smoke_run(name)
     for f in ("report.md", "report.html", "metrics.csv", "metrics.json"):
         assert (out / f).stat().st_size > 0, f
     pngs = sorted((out / "figures").glob("*.png"))
@@ -57,7 +41,7 @@ def test_smoke_writes_a_report_from_its_metrics(name, smoke, one_thread):
     citation, paper = paper_values(name)
     assert citation and paper and "The paper's numbers beside ours" in md
     # the report is a function of metrics.json: altered metrics give an altered paper-vs-ours table
-    altered = out.parent / f"{name}-altered"
+    altered = out.parent / f"{out.name}-altered"
     altered.mkdir()
     record["metrics"] = _scale_floats(record["metrics"], 1.37)
     (altered / "metrics.json").write_text(json.dumps(record))

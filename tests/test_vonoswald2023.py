@@ -3,29 +3,18 @@ held-out tasks and its saved LSA weights."""
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
 from icgd.experiments.icl_common import sample
-from icgd.experiments.reproduce import run_experiment
 from icgd.experiments.vonoswald2023 import _task
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("vonoswald2023")
-    try:
-        run_experiment("vonoswald2023", "smoke", out, log=lambda s: None)
-    finally:
-        torch.set_num_threads(threads)
-    return out, json.loads((out / "metrics.json").read_text())
+@pytest.fixture
+def smoke(smoke_run):
+    return smoke_run("vonoswald2023")
 
 
 def _val(record):
@@ -55,7 +44,7 @@ def test_lsa_loss_matches_saved_weights(smoke):
     q = np.concatenate([xq, np.zeros_like(yq)], -1)  # query (x_q, 0)
     # e_q ← e_q + (1/n) P W_V Σ_i e_i e_iᵀ W_Kᵀ W_Q e_q ; prediction = −(y-slot of e_q)
     M = np.swapaxes(E, 1, 2) @ E / s["n"]
-    upd = np.einsum("ij,jk,bkl,ml,mn,bqn->bqi", w["P"], w["W_V"], M, w["W_K"], w["W_Q"], q)
+    upd = np.einsum("ij,jk,bkl,ml,mn,bqn->bqi", w["P"], w["W_V"], M, w["W_K"], w["W_Q"], q, optimize=True)
     pred = -(q + upd)[..., s["d"]:]
     assert one["loss_lsa"] == pytest.approx(0.5 * np.mean(np.sum((pred - yq) ** 2, -1)), rel=1e-6)
     assert one["rel_gap"] == pytest.approx((one["loss_lsa"] - one["loss_gd"]) / one["loss_gd"], rel=1e-9)
