@@ -14,19 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from icgd.cli import main
+from test_cli import run  # (args, capsys) -> (exit code, stdout, stderr)
 
 ICGD = Path(sys.executable).parent / "icgd"
 TINY = ["--set", "n_layer=1", "--set", "n_embd=16", "--set", "n_head=1", "--set", "eval_prompts=16",
         "--set", "batch_size=8", "--set", "baselines=[\"ols\"]"]
-
-
-def run(args: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(args)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return info.value.code or 0, out.out, out.err
 
 
 def assert_one_line_error(code: int, out: str, err: str, needle: str = "") -> str:
