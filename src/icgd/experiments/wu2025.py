@@ -51,7 +51,7 @@ SCALES = {
               "ood_positions": [11], "con_width": 3, "con_depth": 2, "con_steps": 3, "con_knots": 32,
               "con_etas": [0.1, 0.3], "con_prompts": 32, "con_positions": [4, 11, 15], "plateau_from": 4},
     "cpu": {**_COMMON, "d": 5, "teacher_depth": 4, "n_points": 31, "n_test": 46,
-            "n_layer": 2, "n_embd": 64, "n_head": 4, "steps": 400, "lr": 1e-3, "warmup": 60,
+            "n_layer": 2, "n_embd": 64, "n_head": 4, "steps": 2000, "lr": 1e-3, "warmup": 100,
             "depth_layers": [1, 2], "depth_examples": 15, "eval_prompts": 512, "n_boot": 200,
             "direct_prompts": 24, "direct_positions": [2, 5, 10, 15, 20, 30, 45], "ood_positions": [20],
             "con_width": 8, "con_depth": 4, "con_steps": 20, "con_knots": 128,
