@@ -21,9 +21,16 @@ def as_float_tensor(value, name: str, dtype: torch.dtype | None = None) -> torch
         value = value.to(dtype or torch.get_default_dtype())
     elif dtype is not None:
         value = value.to(dtype)
-    if not bool(torch.isfinite(value).all()):
+    if not all_finite(value):
         raise NonFiniteError(f"{name} contains NaN or inf; clean or impute the data before calling icgd")
     return value
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every entry is finite, in one reduction: NaN and ±inf propagate through a sum, so a finite sum means
+    finite entries; only a non-finite sum (a bad entry, or an overflow of large finite ones) is checked entry by
+    entry. Several times faster than ``isfinite(t).all()`` on large inputs."""
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
 def check_last_dim(t: torch.Tensor, name: str, size: int, what: str) -> None:

@@ -302,6 +302,29 @@ def compare(
     console.print(table)
 
 
+@app.command()
+def bench(
+    quick: bool = typer.Option(False, "--quick", help="the short run (< 3 minutes on 2 CPU cores)"),
+    device: str = DeviceOpt,
+    out: Path = typer.Option(Path("benchmarks/RESULTS.md"), "--out", help="markdown file; the figure goes beside it"),
+    threads: int = typer.Option(1, "--threads", help="torch threads, 0: torch's default (1 by default: robust on a "
+                                                      "shared 2-core machine; use 2 on an idle one)"),
+    only: list[str] = typer.Option([], "--only", help="run only this section (repeatable): training, construction, "
+                                                      "learners"),
+) -> None:
+    """Benchmarks side by side: ICLTransformer vs HuggingFace GPT2Model, the construction vs autograd GD, batched
+    learners vs a per-prompt loop; writes RESULTS.md and a figure (the HF anchor needs the optional bench extra,
+    i.e. the transformers package)."""
+    from icgd.bench import SECTIONS, bench_config, run_bench
+
+    cfg = bench_config(quick, device, threads, only or SECTIONS)
+    words = ["icgd", "bench", *(["--quick"] if quick else []), "--device", device, "--out", str(out),
+             "--threads", str(threads), *(w for s in only for w in ("--only", s))]
+    md, fig = run_bench(cfg, out, command=" ".join(words),
+                        log=lambda msg: console.print(msg, markup=False, highlight=False))
+    console.print(f"wrote {md} and {fig}")
+
+
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 

@@ -315,30 +315,12 @@ class SelfAttention(nn.Module):
         return self.c_proj(y.transpose(1, 2).reshape(B, q.shape[2], E))
 
 
-class _GeluProj(torch.autograd.Function):
-    """``linear(gelu(h), W, b)`` that saves only h: the GELU output, as large as h, is recomputed in backward.
-
-    Saves B·T·d_mlp floats per block of training memory for one extra elementwise GELU (first-order gradients
-    only)."""
-
-    @staticmethod
-    def forward(ctx, h, weight, bias, approximate: str):
-        ctx.save_for_backward(h, weight)
-        ctx.approximate = approximate
-        return F.linear(F.gelu(h, approximate=approximate), weight, bias)
-
-    @staticmethod
-    def backward(ctx, grad):
-        h, weight = ctx.saved_tensors
-        a = F.gelu(h, approximate=ctx.approximate)
-        g2 = grad.reshape(-1, grad.shape[-1])
-        grad_w = g2.T @ a.reshape(-1, a.shape[-1])
-        grad_h = torch.ops.aten.gelu_backward(grad @ weight, h, approximate=ctx.approximate)
-        return grad_h, grad_w, g2.sum(0), None
-
-
 class MLP(nn.Module):
-    """GPT-2's position-wise MLP: Linear → GELU → Linear (GELU recomputed in backward, see :class:`_GeluProj`)."""
+    """GPT-2's position-wise MLP: Linear → activation → Linear.
+
+    The GELU output is stored for backward rather than recomputed there: recomputing saved B·T·d_mlp floats per
+    block but cost ~1.5% of a training step at 6 layers/128 wide on CPU, and the model stays at about half of the
+    HuggingFace GPT-2 setup's training memory without it (benchmarks/RESULTS.md)."""
 
     def __init__(self, cfg: ICLTransformerConfig):
         super().__init__()
@@ -348,10 +330,7 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(width, cfg.n_embd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.c_fc(x)
-        if isinstance(self.act, nn.GELU) and torch.is_grad_enabled():
-            return _GeluProj.apply(h, self.c_proj.weight, self.c_proj.bias, self.act.approximate)
-        return self.c_proj(self.act(h))
+        return self.c_proj(self.act(self.c_fc(x)))
 
 
 def _normal_(p: torch.Tensor, std: float, generator: torch.Generator | None) -> None:
@@ -417,8 +396,8 @@ class ICLTransformer(HookedModel):
 
     **Speed and memory** (CPU training is matmul-bound): one fused QKV projection; the fused SDPA kernel; for
     ReLU/linear attention the masks, 1/√dh and the 1/(t+1) normalisation are applied in place or to the (T, dh)
-    output instead of the (T, T) scores; exact GELU (PyTorch's tanh-approximate kernel is ~3x slower on CPU),
-    recomputed in backward instead of stored; only the prediction tokens go through the last block's
+    output instead of the (T, T) scores; exact GELU (PyTorch's tanh-approximate kernel is ~3x slower on CPU);
+    only the prediction tokens go through the last block's
     attention queries, MLP and the final LayerNorm (all tokens stay keys). The last shortcut is skipped while a
     hook listens to the last block or ``hook_resid_final``, so cached activations keep every token.
 
