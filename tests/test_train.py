@@ -150,6 +150,7 @@ _FAULTS = textwrap.dedent("""
             return real_step(self, step)
         loop.Trainer.train_step = train_step
     elif mode == "ctrl-c":  # a real SIGINT at the start of training step `at`
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a background parent may have left SIGINT ignored
         real_step = loop.Trainer.train_step
         def train_step(self, step):
             if step == at:
@@ -200,8 +201,14 @@ _FAULTS = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
+    """The reference run, on one thread like the subprocesses (bitwise equality holds for a fixed thread count)."""
     out = tmp_path_factory.mktemp("uninterrupted")
-    train(build_config("garg-linear-smoke", overrides=[*TINY, "steps=8", "save_every=8"]), out, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(build_config("garg-linear-smoke", overrides=[*TINY, "steps=8", "save_every=8"]), out, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 
