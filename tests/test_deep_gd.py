@@ -35,6 +35,12 @@ def make_task(spec: NetSpec, n: int, m: int, batch: int, seed: int, box: float |
     return x[:, :n], y[:, :n], x[:, n:], w0
 
 
+def rel_error(trace: torch.Tensor, ref: torch.Tensor) -> float:
+    """Largest relative error of the final weights, relative to how far GD moved them."""
+    denom = (ref[:, -1] - ref[:, 0]).norm(dim=-1)
+    return float(((trace[:, -1].double() - ref[:, -1]).norm(dim=-1) / denom).max())
+
+
 def build(case: dict, knots: int, X, xq, ref, **kw):
     spec, box = case["spec"], case["box"]
     xs = torch.cat([X, xq], dim=1)
@@ -168,7 +174,7 @@ def test_other_smooth_activations(activation):
         model = deep_gd(spec, eta=0.5, steps=8, box=1.0, knots=knots, fit_range=ranges)
         with torch.inference_mode():
             tr = model.trace(X, Y, w0)
-        errs.append(float(((tr[:, -1] - ref[:, -1]).norm(dim=-1) / (ref[:, -1] - ref[:, 0]).norm(dim=-1)).max()))
+        errs.append(rel_error(tr, ref))
     # measured: tanh 1.1e-3 → 8.2e-5, softplus 4.7e-2 → 2.8e-3, gelu 9.8e-2 → 4.7e-3 (R_3 ≈ 17–20 for the
     # unbounded ones); the O(knots⁻²) rate holds for all three
     assert errs[1] <= 1e-2

@@ -18,7 +18,8 @@ from icgd.errors import FitRangeError, ShapeError, SpecError
 from icgd.layers import EWML, MLP, HeadBank, ReLUAttention, RowMap, SoftmaxAttention, ValueMap
 from icgd.layers.attention import SparseSoftmaxAttention
 from icgd.learners import gd_trajectory
-from icgd.nets import ACTIVATIONS, NetSpec, forward, init_weights
+from icgd.nets import ACTIVATIONS, NetSpec, forward
+from test_deep_gd import make_task, rel_error  # the same teacher tasks and error measure as the ReLU construction
 
 # ---------------------------------------------------------------------------------------------------------------
 # The layer
@@ -101,21 +102,6 @@ def random_case(activation: str, seed: int) -> dict:
     etas = [0.5, 1.0, 2.0] if activation == "sigmoid" else [0.25, 0.5, 1.0]
     return dict(spec=spec, n=pick([8, 20, 40, 64]), steps=pick([5, 12, 20]), eta=pick(etas), box=pick([1.0, None]),
                 seed=seed)
-
-
-def make_task(spec: NetSpec, n: int, m: int, batch: int, seed: int, box: float | None):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, n + m, spec.d_in, generator=g, dtype=torch.float64)
-    y = forward(spec, init_weights(spec, batch, generator=g, scale=2.0), x)
-    w0 = init_weights(spec, batch, generator=g)
-    if box is not None:
-        w0 = w0.clamp(-box, box)
-    return x[:, :n], y[:, :n], x[:, n:], w0
-
-
-def rel_error(trace: torch.Tensor, ref: torch.Tensor) -> float:
-    denom = (ref[:, -1] - ref[:, 0]).norm(dim=-1)
-    return float(((trace[:, -1].double() - ref[:, -1]).norm(dim=-1) / denom).max())
 
 
 @functools.lru_cache(maxsize=None)

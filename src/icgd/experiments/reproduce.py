@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 
 from icgd.errors import ConfigError
-from icgd.experiments.report import Report, flatten, paper_values
+from icgd.experiments.report import Report, flatten, fmt, paper_values
 
 EXPERIMENTS = ("wu2025", "vonoswald2023", "akyurek2023", "cheng2024", "garg2022")
 SCALES = ("smoke", "cpu", "paper")
@@ -170,6 +170,4 @@ def compare_runs(a: str | Path, b: str | Path) -> tuple[list[str], list[list[str
 
 
 def _cell(v) -> str:
-    from icgd.experiments.report import fmt
-
     return "—" if v is None else fmt(v)
