@@ -75,6 +75,17 @@ def autograd_logistic(clf: InContextClassifier, Xte: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------- tables
 
 
+def fit_and_score(models, Xtr, ytr, Xte, yte, metric) -> tuple[list[tuple[str, float, float]], list[np.ndarray]]:
+    """(name, test score, fit + predict CPU seconds) per model, and each model's test predictions."""
+    rows, preds = [], []
+    for name, model in models:
+        t = time.process_time()
+        pred = model.fit(Xtr, ytr).predict(Xte)
+        rows.append((name, metric(yte, pred), time.process_time() - t))
+        preds.append(pred)
+    return rows, preds
+
+
 def regression_rows(loader) -> tuple[list[tuple[str, float, float]], float]:
     Xtr, Xte, ytr, yte = split(loader)
     est = InContextRegressor(random_state=0)
@@ -84,15 +95,11 @@ def regression_rows(loader) -> tuple[list[tuple[str, float, float]], float]:
               ("Ridge (alpha=1)", make_pipeline(StandardScaler(), Ridge(1.0))),
               ("KNeighborsRegressor (k=5)", make_pipeline(StandardScaler(), KNeighborsRegressor())),
               ("MLPRegressor (8 hidden, Adam)", scaled_mlp)]
-    rows = []
-    for name, model in models:
-        t = time.process_time()
-        pred = model.fit(Xtr, ytr).predict(Xte)
-        rows.append((name, r2_score(yte, pred), time.process_time() - t))
+    rows, preds = fit_and_score(models, Xtr, ytr, Xte, yte, r2_score)
     t = time.process_time()
     ref = autograd_regression(est, Xte).reshape(yte.shape)
     rows.insert(1, ("same network, autograd GD (same w0, η, steps)", r2_score(yte, ref), time.process_time() - t))
-    pred = est.predict(Xte).reshape(ref.shape)
+    pred = preds[0].reshape(ref.shape)  # the estimator's predictions from the loop above
     Q = torch.from_numpy(est.network_inputs(Xte))
     init = forward(est.net_spec_, torch.from_numpy(est.w0_), Q).numpy() * est.y_scale_ + est.y_mean_
     init = init.reshape(ref.shape)
@@ -108,15 +115,11 @@ def classification_rows(loader) -> tuple[list[tuple[str, float, float]], float]:
               ("KNeighborsClassifier (k=5)", make_pipeline(StandardScaler(), KNeighborsClassifier())),
               ("MLPClassifier (8 hidden, Adam)",
                make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(8,), max_iter=5000, random_state=0)))]
-    rows = []
-    for name, model in models:
-        t = time.process_time()
-        pred = model.fit(Xtr, ytr).predict(Xte)
-        rows.append((name, accuracy_score(yte, pred), time.process_time() - t))
+    rows, preds = fit_and_score(models, Xtr, ytr, Xte, yte, accuracy_score)
     t = time.process_time()
     ref = autograd_logistic(clf, Xte)
     rows.insert(1, ("same model, autograd GD (same η, steps)", accuracy_score(yte, ref), time.process_time() - t))
-    agree = float((clf.predict(Xte) == ref).mean())
+    agree = float((preds[0] == ref).mean())
     return rows, agree
 
 
