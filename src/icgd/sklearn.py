@@ -44,10 +44,8 @@ from icgd.nets import ACTIVATIONS, NetSpec, forward_all, get_activation, init_we
 
 ENGINES = ("construct", "checkpoint")
 RANGE_MARGIN = 1.25  # fit intervals are this much wider than the largest pre-activation they must hold
-RANGE_SLACK = 1.01  # an interval is accepted while the pre-activations stay this far inside it ...
-RANGE_TIGHT = 1.6  # ... and it is at most this much wider than they need (the fit error grows as R²)
 MIN_RANGE = 1e-3
-MAX_RANGE_TRIES = 30
+MAX_RANGE_TRIES = 30  # predict doubles the intervals at most this often if the transformer's run leaves them
 POWER_ITERATIONS = 100
 
 # Checks of sklearn.utils.estimator_checks that these estimators are expected to fail, with the reason (used by the
@@ -100,26 +98,39 @@ def _check_device(device) -> torch.device:
         raise SpecError(f"device must name a torch device such as 'cpu' or 'cuda', got {device!r}") from exc
 
 
+def network_jacobian(spec: NetSpec, w: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """The Jacobian ``∂f(w, x_i)[k] / ∂w`` of the network's n·d_out outputs, ``(n·d_out, D_w)``, by backpropagating
+    every output unit at once: ``∂f[k]/∂V_j[a, b] = δ_j[k, a] · p(j−1)[b]`` with ``δ_N[k] = r′(u_N)[k] e_k`` and
+    ``δ_j[k] = r′(u_j) ⊙ V_{j+1}ᵀ δ_{j+1}[k]`` (u_j the pre-activations)."""
+    Vs = unflatten(spec, w)
+    ps, us = [X], []
+    for j, V in enumerate(Vs, start=1):
+        us.append(ps[-1] @ V.T)
+        ps.append(spec.layer_act(j)(us[-1]))
+    delta = torch.diag_embed(spec.layer_act(spec.depth).deriv(us[-1]))  # (n, d_out, d_out)
+    blocks = []
+    for j in range(spec.depth, 0, -1):
+        blocks.append(torch.einsum("nka,nb->nkab", delta, ps[j - 1]).flatten(2))
+        if j > 1:
+            delta = (delta @ Vs[j - 1]) * spec.layer_act(j - 1).deriv(us[j - 2])[:, None]
+    return torch.cat(blocks[::-1], dim=-1).reshape(-1, spec.num_params)
+
+
 def network_step_size(spec: NetSpec, w0: torch.Tensor, X: torch.Tensor, iters: int = POWER_ITERATIONS) -> float:
     """``η = 1 / λ_max(G)`` with ``G = JᵀJ / n`` the Gauss–Newton matrix of ``L_n(w) = 1/(2n) Σ ‖f(w, x_i) − y_i‖²``
-    at `w0` (J the Jacobian of the n·d_out outputs with respect to w), by power iteration on Jacobian–vector
-    products. ``2/λ`` is the classical stability limit of GD on a quadratic with curvature λ; η is half of it."""
+    at `w0` (J the Jacobian of the n·d_out outputs with respect to w, :func:`network_jacobian`), by power
+    iteration. ``2/λ`` is the classical stability limit of GD on a quadratic with curvature λ; η is half of it."""
     X = X.to(w0.dtype)
-
-    def outputs(w: torch.Tensor) -> torch.Tensor:
-        return forward_all(spec, w[None], X[None])[-1].reshape(-1)
-
-    with torch.enable_grad():
-        _, vjp = torch.func.vjp(outputs, w0)
-        v = torch.ones_like(w0) / w0.numel() ** 0.5
-        lam = 0.0
-        for _ in range(iters):
-            _, Jv = torch.func.jvp(outputs, (w0,), (v,))
-            (GV,) = vjp(Jv)
-            lam = float(GV.norm())
-            if lam == 0.0:
-                break
-            v = GV / lam
+    J = network_jacobian(spec, w0, X)
+    G = J.T @ J
+    v = torch.ones_like(w0) / w0.numel() ** 0.5
+    lam = 0.0
+    for _ in range(iters):
+        GV = G @ v
+        lam = float(GV.norm())
+        if lam == 0.0:
+            break
+        v = GV / lam
     lam /= X.shape[0]
     return 1.0 / lam if lam > 0 else 1.0
 
@@ -160,38 +171,21 @@ def covering_ranges(spec: NetSpec, ws: torch.Tensor, x_bound: torch.Tensor, marg
     return ranges
 
 
-def build_covering_model(spec: NetSpec, X: torch.Tensor, Y: torch.Tensor, w0: torch.Tensor, x_bound: torch.Tensor,
-                         *, eta: float, steps: int, box: float | None, knots: int,
-                         device: torch.device = torch.device("cpu")) -> ConstructedICGD:
-    """The :func:`~icgd.constructions.deep_gd` transformer for the context ``(X, Y)`` whose fit intervals hold the
-    pre-activation of *every* input with ``|x_q| ≤ x_bound_q`` at every weight vector of its own GD run.
+def gd_fit_ranges(spec: NetSpec, X: torch.Tensor, Y: torch.Tensor, w0: torch.Tensor, x_bound: torch.Tensor, *,
+                  eta: float, steps: int, box: float | None) -> list[float]:
+    """Fit intervals for the :func:`~icgd.constructions.deep_gd` transformer on the context ``(X, Y)``, from one pass
+    of plain gradient descent on the same network (:func:`icgd.learners.gd_trajectory`): :func:`covering_ranges`
+    of that trajectory with margin ``RANGE_MARGIN``, so that they hold the pre-activation of every input with
+    ``|x_q| ≤ x_bound_q`` at every weight vector of the run. The transformer's own trajectory differs from it only
+    by the sum-of-ReLU fit error, far inside the margin; the transformer still checks every pre-activation it meets
+    (:class:`FitRangeError`), and :meth:`InContextRegressor.predict` widens the intervals if one ever leaves."""
+    from icgd.learners import gd_trajectory
 
-    Start from :func:`covering_ranges` at w0 with margin ``2·RANGE_MARGIN`` (room for the weights to grow); run the
-    transformer on the context alone and read its trajectory from the tokens; double every interval when the run
-    raises :class:`FitRangeError`; else compare each interval with the bound b_j of that trajectory
-    (:func:`preactivation_bounds`): accept the model when ``RANGE_SLACK·b_j ≤ R_j ≤ RANGE_TIGHT·b_j`` for every
-    layer, else set the intervals that fail to ``RANGE_MARGIN·b_j`` and repeat (usually 2 runs: the first
-    intervals are loose, and the fit error grows as R_j²). Everything depends on the context only, so the model —
-    and each query's prediction — does not depend on the other queries.
-    """
-    ranges = covering_ranges(spec, w0[None], x_bound, 2 * RANGE_MARGIN)
-    for _ in range(MAX_RANGE_TRIES):
-        model = deep_gd(spec, eta=eta, steps=steps, box=box, knots=knots, fit_range=ranges).to(device)
-        try:
-            with torch.inference_mode():
-                ws = model.trace(X.to(device), Y.to(device), w0.to(device)).cpu()
-        except FitRangeError:
-            ranges = [2.0 * r for r in ranges]
-            continue
-        sups = [f[0].sup_abs() for f in model.fits]
-        need = preactivation_bounds(spec, ws, x_bound, sups)
-        fits = [b * RANGE_SLACK <= r <= max(b * RANGE_TIGHT, MIN_RANGE) for b, r in zip(need, ranges)]
-        if all(fits):
-            return model
-        ranges = [r if ok else max(RANGE_MARGIN * b, MIN_RANGE) for r, b, ok in zip(ranges, need, fits)]
-    raise FitRangeError(f"the weights of in-context GD kept growing (fit intervals {[f'{r:.3g}' for r in ranges]} "
-                        f"after {MAX_RANGE_TRIES} runs); GD is probably diverging: pass a smaller eta, fewer "
-                        f"steps or a box")
+    ws = gd_trajectory(spec, X, Y, w0, eta, steps, box=box)
+    if not bool(torch.isfinite(ws).all()):
+        raise FitRangeError("gradient descent on the context diverged (non-finite weights); pass a smaller eta, "
+                            "fewer steps or a box")
+    return covering_ranges(spec, ws, x_bound, RANGE_MARGIN)
 
 
 # ----------------------------------------------------------------------------------------------- regressor
@@ -260,23 +254,29 @@ class InContextRegressor(RegressorMixin, BaseEstimator):
         Construct engine: its initial weights (float64).
     eta_ : float
         Construct engine: the step size used.
+    fit_ranges_ : list of float
+        Construct engine: the fit intervals ``R_j`` of the transformer's sum-of-ReLU fits, one per layer
+        (:func:`gd_fit_ranges`).
     model_ : torch.nn.Module
+        Construct engine: the transformer (:class:`~icgd.constructions.ConstructedICGD`), built once in ``fit``.
         Checkpoint engine: the loaded transformer.
 
     Notes
     -----
     **Fit intervals.** The construction approximates r and r′ by sums of ReLUs on per-layer intervals
     ``[−R_j, R_j]`` and raises :class:`~icgd.errors.FitRangeError` rather than return a wrong value when a
-    pre-activation leaves one. At predict time :func:`build_covering_model` chooses the intervals from the context
-    alone, so that they hold the pre-activation of every input with ``|x̃_q| ≤ x_bound_q`` at every weight vector
+    pre-activation leaves one. ``fit`` chooses the intervals from the context alone (:func:`gd_fit_ranges`: one
+    pass of plain gradient descent on the context, whose trajectory the transformer's matches up to the fit
+    error), so that they hold the pre-activation of every input with ``|x̃_q| ≤ x_bound_q`` at every weight vector
     of the run; each standardised query feature is therefore clipped to ``[−x_bound_q, x_bound_q]`` (the range of
     that feature's magnitude in the training set). Queries inside the training range are not changed; beyond it
     the prediction is the one at the clipped point (flat extrapolation per feature, as for a tree). The
     construction still checks every pre-activation, so nothing can go silently wrong.
 
-    **Cost.** Each ``predict`` runs the transformer on the context alone (usually once or twice, to choose the
-    intervals), then on the context plus each chunk of `batch_size` queries. The construction runs in float64 on
-    `device`.
+    **Cost.** ``fit`` computes ``eta_`` (the network's Jacobian on the context, :func:`network_jacobian`), runs plain
+    GD once for the fit intervals and builds the transformer once (``model_``). Each ``predict`` runs it once per
+    chunk of `batch_size` queries (the context plus the chunk), in float64 on `device`; only if its run leaves a fit
+    interval (which the margin makes unlikely) are the intervals doubled and the run repeated.
 
     Examples
     --------
@@ -378,7 +378,21 @@ class InContextRegressor(RegressorMixin, BaseEstimator):
         eta = _check_eta(self.eta)
         self.eta_ = eta if eta is not None else network_step_size(self.net_spec_, w0, torch.from_numpy(
             self.context_X_))
+        self._build_construction()
         return self
+
+    def _build_construction(self) -> None:
+        """Fit intervals from one GD pass on the context (:func:`gd_fit_ranges`) and the transformer, built once."""
+        X, Y, w0 = (torch.from_numpy(a) for a in (self.context_X_, self.context_y_, self.w0_))
+        box = None if self.box is None else float(self.box)
+        self.fit_ranges_ = gd_fit_ranges(self.net_spec_, X, Y, w0, torch.from_numpy(self.x_bound_), eta=self.eta_,
+                                         steps=self.steps, box=box)
+        self.model_ = self._construction(self.fit_ranges_)
+
+    def _construction(self, ranges: list[float]) -> ConstructedICGD:
+        box = None if self.box is None else float(self.box)
+        return deep_gd(self.net_spec_, eta=self.eta_, steps=self.steps, box=box, knots=self.knots,
+                       fit_range=ranges).to(_check_device(self.device))
 
     @staticmethod
     def _with_ones(A: np.ndarray) -> np.ndarray:
@@ -445,14 +459,19 @@ class InContextRegressor(RegressorMixin, BaseEstimator):
 
     def _predict_construct(self, Q: torch.Tensor) -> np.ndarray:
         device = _check_device(self.device)
-        X, Y, w0 = (torch.from_numpy(a) for a in (self.context_X_, self.context_y_, self.w0_))
-        model = build_covering_model(self.net_spec_, X, Y, w0, torch.from_numpy(self.x_bound_), eta=self.eta_,
-                                     steps=self.steps, box=None if self.box is None else float(self.box),
-                                     knots=self.knots, device=device)
-        X, Y, w0 = X.to(device), Y.to(device), w0.to(device)
-        with torch.inference_mode():
-            outs = [model.predict(X, Y, q.to(device), w0).cpu() for q in _chunks(Q, self.batch_size)]
-        return torch.cat(outs).numpy()
+        X, Y, w0 = (torch.from_numpy(a).to(device) for a in (self.context_X_, self.context_y_, self.w0_))
+        model, ranges = self.model_, list(self.fit_ranges_)
+        for _ in range(MAX_RANGE_TRIES):
+            try:
+                with torch.inference_mode():
+                    outs = [model.predict(X, Y, q.to(device), w0).cpu() for q in _chunks(Q, self.batch_size)]
+                return torch.cat(outs).numpy()
+            except FitRangeError:  # the transformer's run left an interval: widen them (the estimator is unchanged)
+                ranges = [2.0 * r for r in ranges]
+                model = self._construction(ranges)
+        raise FitRangeError(f"the weights of in-context GD kept growing (fit intervals {[f'{r:.3g}' for r in ranges]}"
+                            f" after {MAX_RANGE_TRIES} widenings); GD is probably diverging: pass a smaller eta, "
+                            f"fewer steps or a box")
 
     def _predict_checkpoint(self, Q: torch.Tensor) -> np.ndarray:
         p = next(self.model_.parameters())
