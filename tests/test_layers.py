@@ -277,7 +277,7 @@ class PathSpy(list):
 @pytest.fixture
 def path_spy(monkeypatch):
     spy = PathSpy()
-    real_inv, real_mix = attention_mod._invariant, attention_mod.mix_heads
+    real_inv, real_mix, real_relu_mix = attention_mod._invariant, attention_mod.mix_heads, attention_mod.relu_mix
 
     def inv(t):
         r = real_inv(t)
@@ -289,7 +289,12 @@ def path_spy(monkeypatch):
         return real_mix(U, *args)
 
     monkeypatch.setattr(attention_mod, "_invariant", inv)
+    def relu_mix(U, *args):
+        spy.score_dims.append(U.dim())
+        return real_relu_mix(U, *args)
+
     monkeypatch.setattr(attention_mod, "mix_heads", mix)
+    monkeypatch.setattr(attention_mod, "relu_mix", relu_mix)
     return spy
 
 

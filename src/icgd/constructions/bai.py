@@ -32,9 +32,10 @@ import torch
 from icgd._checks import as_float_tensor, batched, positive_float, positive_int
 from icgd.constructions.base import PromptModel, check_dtype, context_size
 from icgd.constructions.fits import activation_fits, clamped, interpolant
-from icgd.constructions.wu import _bank, _bank_bytes, _fit_heads, _itemsize, _sparse_bytes
+from icgd.constructions.wu import _itemsize, _sparse_bytes
 from icgd.errors import ShapeError, SpecError
 from icgd.layers import EWML, MLP, ReLUAttention
+from icgd.layers.heads import fit_heads, sparse_bank, sparse_bank_bytes
 from icgd.memory import MemoryEstimate
 from icgd.nets import get_activation
 from icgd.tokens import Layout, pack_prompt
@@ -57,9 +58,9 @@ class _ConvexBuilder:
         q = [[(self.L.index("x", i), 1.0) for i in range(self.d)] + [(self.one, 1.0)]]
         k = [[(self.L.index("w", i), 1.0) for i in range(self.d)] + [(self.one, 1.0)]]
         identity = activation_fits(get_activation("identity"), 1.0, 2, dtype=self.dtype)[0]
-        alpha, c = _fit_heads([identity], self.dtype)
+        alpha, c = fit_heads([identity], self.dtype)
         values = [[(self.one, self.L.index("p"), 1.0)]]
-        return ReLUAttention(_bank(self.D, q, k, values, self.dtype, alpha=alpha, c=c, block=[[0] * self.d + [1]]))
+        return ReLUAttention(sparse_bank(self.D, q, k, values, self.dtype, alpha=alpha, c=c, block=[[0] * self.d + [1]]))
 
     def sigmoid_layer(self, fit) -> MLP:
         W1 = torch.zeros(fit.units, self.D, dtype=self.dtype)
@@ -71,7 +72,7 @@ class _ConvexBuilder:
     def loss_layer(self, source: str) -> EWML:
         q = [[(self.t, 1.0), (self.t, 1.0)]]
         k = [[(self.L.index(source), 2.0), (self.L.index("y"), -2.0)]]
-        return EWML(_bank(self.D, q, k, [[(self.one, self.L.index("g"), 1.0)]], self.dtype))
+        return EWML(sparse_bank(self.D, q, k, [[(self.one, self.L.index("g"), 1.0)]], self.dtype))
 
     def _pairs_mlp(self, entries: list[tuple[int, float, float]]) -> MLP:
         """``z ← z − s·(relu(z − b) − relu(−z − b))`` for each ``(coordinate z, bound b, scale s)``: with s = 1 a
@@ -93,7 +94,7 @@ class _ConvexBuilder:
         values = [[(self.L.index("x", i), self.L.index("w", i), 1.0) for i in range(self.d)]]
         alpha = torch.tensor([[[1.0], [-1.0]]], dtype=self.dtype)
         c = torch.tensor([[1.0, -1.0]], dtype=self.dtype)  # scaled by −ηT/(2n) per prompt size
-        return ReLUAttention(_bank(self.D, q, k, values, self.dtype, alpha=alpha, c=c))
+        return ReLUAttention(sparse_bank(self.D, q, k, values, self.dtype, alpha=alpha, c=c))
 
     def clean_layer(self, box: float | None) -> MLP:
         w = [(self.L.index("w", i), box, 1.0) for i in range(self.d)] if box is not None else []
@@ -180,7 +181,7 @@ def convex_gd_memory(d_in: int, *, knots: int = 64, loss: str = "squared", dtype
     has `knots` units and is built from dense (knots, D) matrices), without building anything."""
     s, D = _itemsize(dtype), 2 * d_in + 6
     K = knots if loss == "logistic" else 0
-    params = _sparse_bytes(3 * K + 8 * (d_in + 3), s) + 2 * _bank_bytes(1, d_in + 1, d_in, 2, 2, s)
+    params = _sparse_bytes(3 * K + 8 * (d_in + 3), s) + 2 * sparse_bank_bytes(1, d_in + 1, d_in, 2, 2, s)
     build_bytes = (2 * K * D * s + _sparse_bytes(3 * K, s)) if build else 0
     BT = max(0, batch) * max(0, tokens)
     acts = s * BT * (6 * D + 3 * K + 4 * d_in)

@@ -49,6 +49,7 @@ on queries.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import torch
@@ -58,7 +59,9 @@ from icgd._checks import as_float_tensor, batched, positive_float, positive_int
 from icgd.constructions.fits import ReluFit, activation_fits
 from icgd.errors import FitRangeError, ShapeError, SpecError
 from icgd.constructions.base import context_size
-from icgd.layers import EWML, MLP, HeadBank, ReLUAttention, RowMap, Transformer, ValueMap
+from icgd.layers import EWML, MLP, ReLUAttention, Transformer
+from icgd.layers.heads import fit_heads, sparse_bank, sparse_bank_bytes
+from icgd.memory import ENV as MEMORY_ENV
 from icgd.memory import MemoryEstimate
 from icgd.nets import NetSpec, check_prompt, unflatten
 from icgd.tokens import Layout, pack_prompt
@@ -133,10 +136,9 @@ def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def _bank_bytes(G: int, r: int, e: int, nb: int, H: int, s: int) -> int:
-    """Stored bytes of a sparse HeadBank: q/k idx (long) + coef, value src/dst (long) + coef, block (long),
-    onehot, alpha and c."""
-    return G * r * 2 * (8 + s) + G * e * (16 + s) + G * r * 8 + G * r * nb * s + G * H * (nb + 1) * s
+def _range_index_bytes(P: int, imax: int, s: int) -> int:
+    """The range check's index buffers: two (P, imax) long tensors, a (P, imax) mask and P bounds."""
+    return P * imax * (16 + s) + P * s
 
 
 def _sparse_bytes(nnz: int, s: int) -> int:
@@ -163,11 +165,12 @@ def deep_gd_memory(spec: NetSpec, *, knots: int = DEFAULT_KNOTS, box: float | No
     H_r = [_fit_units(spec, j, knots)[0] for j in range(1, N + 1)]
     H_d = max(_fit_units(spec, j, knots)[1] for j in range(1, N + 1))
     C = (Dw if box is not None else 0) + 3 * P + d_out  # coordinates of the project MLP
-    params = sum(_bank_bytes(outs[j], ins[j] + 1, 1, 2, H_r[j], s) for j in range(N))  # fwd
-    params += _bank_bytes(P, rmax, 1, 2, H_d, s)  # deriv
-    params += _bank_bytes(d_out, 1, 1, 1, 1, s) + sum(_bank_bytes(outs[j - 1], outs[j], 1, 1, 1, s)
+    params = sum(sparse_bank_bytes(outs[j], ins[j] + 1, 1, 2, H_r[j], s) for j in range(N))  # fwd
+    params += sparse_bank_bytes(P, rmax, 1, 2, H_d, s)  # deriv
+    params += sparse_bank_bytes(d_out, 1, 1, 1, 1, s) + sum(sparse_bank_bytes(outs[j - 1], outs[j], 1, 1, 1, s)
                                                       for j in range(1, N))  # back
-    params += _bank_bytes(P, 1, imax, 1, 2, s) + P * 2 * s  # step and its sign buffer
+    params += sparse_bank_bytes(P, 1, imax, 1, 2, s) + P * 2 * s  # step and its sign buffer
+    params += _range_index_bytes(P, imax, s)
     params += _sparse_bytes(10 * d_out, s)  # loss MLP
     params += _sparse_bytes(4 * C + (2 * Dw if box is not None else 0), s)  # project MLP
     entries = max(P * (2 * rmax + 1), P * (imax + 3), max((outs[j - 1] * (2 * outs[j] + 1) for j in range(1, N)),
@@ -183,47 +186,6 @@ def deep_gd_memory(spec: NetSpec, *, knots: int = DEFAULT_KNOTS, box: float | No
 
 
 # --------------------------------------------------------------------------------------------- head builders
-
-
-def _rowmap(dim: int, groups: Sequence[Sequence[tuple[int, float]]], dtype) -> RowMap:
-    """One row per (index, coef) pair — the construction's rows each read a single coordinate; groups are padded
-    with zero rows."""
-    r = max(len(g) for g in groups)
-    idx = torch.zeros(len(groups), r, 1, dtype=torch.long)
-    coef = torch.zeros(len(groups), r, 1, dtype=dtype)
-    for gi, rows in enumerate(groups):
-        for ri, (i, c) in enumerate(rows):
-            idx[gi, ri, 0], coef[gi, ri, 0] = i, c
-    return RowMap(dim, idx=idx, coef=coef)
-
-
-def _valuemap(dim: int, groups: Sequence[Sequence[tuple[int, int, float]]], dtype) -> ValueMap:
-    e = max(len(g) for g in groups)
-    src = torch.zeros(len(groups), e, dtype=torch.long)
-    dst = torch.zeros(len(groups), e, dtype=torch.long)
-    coef = torch.zeros(len(groups), e, dtype=dtype)
-    for gi, entries in enumerate(groups):
-        for ei, (s, d, c) in enumerate(entries):
-            src[gi, ei], dst[gi, ei], coef[gi, ei] = s, d, c
-    return ValueMap(dim, src=src, dst=dst, coef=coef)
-
-
-def _bank(dim, q_rows, k_rows, values, dtype, *, alpha=None, c=None, block=None) -> HeadBank:
-    q, k, v = _rowmap(dim, q_rows, dtype), _rowmap(dim, k_rows, dtype), _valuemap(dim, values, dtype)
-    if block is not None:
-        block = torch.tensor([b + [0] * (q.rows - len(b)) for b in block], dtype=torch.long)
-    return HeadBank(q, k, v, alpha=alpha, c=c, block=block)
-
-
-def _fit_heads(fits: Sequence[ReluFit], dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """``alpha (G, H, 2)`` and ``c (G, H)`` for groups using the given fits; shorter fits are padded with zero
-    heads."""
-    H = max(f.units for f in fits)
-    alpha = torch.zeros(len(fits), H, 2, dtype=dtype)
-    c = torch.zeros(len(fits), H, dtype=dtype)
-    for g, f in enumerate(fits):
-        alpha[g, : f.units, 0], alpha[g, : f.units, 1], c[g, : f.units] = f.a1, f.a2, f.c
-    return alpha, c
 
 
 class _Builder:
@@ -254,8 +216,8 @@ class _Builder:
         out_j = self.spec.shapes[j - 1][0]
         rows = [self.preact_rows(j, k) for k in range(out_j)]
         values = [[(self.one, self.L.index(f"p{j}", k), 1.0)] for k in range(out_j)]
-        alpha, c = _fit_heads([fit] * out_j, self.dtype)
-        bank = _bank(self.D, [r[0] for r in rows], [r[1] for r in rows], values, self.dtype,
+        alpha, c = fit_heads([fit] * out_j, self.dtype)
+        bank = sparse_bank(self.D, [r[0] for r in rows], [r[1] for r in rows], values, self.dtype,
                      alpha=alpha, c=c, block=[r[2] for r in rows])
         return ReLUAttention(bank)
 
@@ -263,8 +225,8 @@ class _Builder:
         units = [(j, k) for j in range(1, self.spec.depth + 1) for k in range(self.spec.shapes[j - 1][0])]
         rows = [self.preact_rows(j, k) for j, k in units]
         values = [[(self.one, self.L.index(f"r{j}", k), 1.0)] for j, k in units]
-        alpha, c = _fit_heads([dfits[j - 1] for j, _ in units], self.dtype)
-        bank = _bank(self.D, [r[0] for r in rows], [r[1] for r in rows], values, self.dtype,
+        alpha, c = fit_heads([dfits[j - 1] for j, _ in units], self.dtype)
+        bank = sparse_bank(self.D, [r[0] for r in rows], [r[1] for r in rows], values, self.dtype,
                      alpha=alpha, c=c, block=[r[2] for r in rows])
         return ReLUAttention(bank)
 
@@ -291,7 +253,7 @@ class _Builder:
             q = [[(self.w(j + 1, i, k), 1.0) for i in range(out_next)] for k in range(out_j)]
             k_ = [[(self.L.index(f"s{j + 1}", i), 1.0) for i in range(out_next)] for _ in range(out_j)]
         values = [[(self.L.index(f"r{j}", k), self.L.index(f"s{j}", k), 1.0)] for k in range(out_j)]
-        return EWML(_bank(self.D, q, k_, values, self.dtype))
+        return EWML(sparse_bank(self.D, q, k_, values, self.dtype))
 
     def step_layer(self) -> ReLUAttention:
         units = [(j, k) for j in range(1, self.spec.depth + 1) for k in range(self.spec.shapes[j - 1][0])]
@@ -301,7 +263,7 @@ class _Builder:
                   for j, k in units]
         alpha = torch.tensor([[1.0], [-1.0]], dtype=self.dtype).expand(len(units), 2, 1).clone()
         c = torch.tensor([1.0, -1.0], dtype=self.dtype).expand(len(units), 2).clone()  # scaled per prompt size
-        return ReLUAttention(_bank(self.D, q, k_, values, self.dtype, alpha=alpha, c=c))
+        return ReLUAttention(sparse_bank(self.D, q, k_, values, self.dtype, alpha=alpha, c=c))
 
     def project_coords(self, box: float | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Coordinates the ``project`` MLP clips and their bounds: ``w`` to [−box, box] (if a box is given), the
@@ -374,6 +336,8 @@ class ConstructedICGD(Transformer):
         self._step_layer: ReLUAttention = block[-2]
         self.register_buffer("_step_sign", self._step_layer.heads.c.detach().clone(), persistent=False)
         self._prompt_size: tuple[int, int] | None = None
+        self._memory_checked: set = set()
+        self._preactivation_index(b)
 
     # ----------------------------------------------------------------------------------------------- running
 
@@ -393,8 +357,36 @@ class ConstructedICGD(Transformer):
         self._prepare(tokens)
         return super().forward(tokens, start, stop)
 
+    def _preactivation_index(self, b: _Builder) -> None:
+        """Index buffers of :meth:`_check_range`: for every unit (j, k) the coordinates of p̄(j−1) and of v_jk in the
+        token (padded to the widest fan-in, with a 0/1 mask), and R_j."""
+        N, shapes = self.spec.depth, self.spec.shapes
+        imax = max(i for _, i in shapes)
+        prev, wi, mask, R = [], [], [], []
+        for j in range(1, N + 1):
+            out_j, in_j = shapes[j - 1]
+            for k in range(out_j):
+                prev.append([b.prev(j, q) for q in range(in_j)] + [b.one] * (imax - in_j))
+                wi.append([b.w(j, k, q) for q in range(in_j)] + [b.one] * (imax - in_j))
+                mask.append([1.0] * in_j + [0.0] * (imax - in_j))
+                R.append(self.fit_ranges[j - 1])
+        for name, t in (("_pre_prev", torch.tensor(prev)), ("_pre_w", torch.tensor(wi)),
+                        ("_pre_mask", torch.tensor(mask, dtype=self.dtype)),
+                        ("_pre_R", torch.tensor(R, dtype=self.dtype))):
+            self.register_buffer(name, t, persistent=False)
+
     def _check_range(self, tokens: torch.Tensor, step: int) -> None:
-        """Raise if a pre-activation of the current step left its fit interval (uses p̄ read from the tokens)."""
+        """Raise if a pre-activation of the current step left its fit interval (uses p̄ read from the tokens): every
+        unit's ``v_jk · p̄_i(j−1)`` at once, from two gathers."""
+        B, T, _ = tokens.shape
+        P, imax = self._pre_prev.shape
+        p = tokens.index_select(-1, self._pre_prev.view(-1)).view(B, T, P, imax)
+        v = tokens[:, :1].index_select(-1, self._pre_w.view(-1)).view(B, 1, P, imax) * self._pre_mask
+        ratio = (p * v).sum(-1).abs().amax(dim=(0, 1)) / self._pre_R
+        if float(ratio.max()) > 1 + 1e-9:
+            self._range_error(tokens, step)
+
+    def _range_error(self, tokens: torch.Tensor, step: int) -> None:
         w = tokens[:, 0, self.layout.slice("w")]
         for j, V in enumerate(unflatten(self.spec, w), start=1):
             prev = self.layout.read(tokens, "x" if j == 1 else f"p{j - 1}")
@@ -417,10 +409,15 @@ class ConstructedICGD(Transformer):
                                 f"rebuild the model with a larger y_bound or rescale the data")
 
     def _check_memory(self, batch: int, tokens: int) -> None:
-        """Refuse a forward pass whose activations would not fit (see :mod:`icgd.memory`)."""
+        """Refuse a forward pass whose activations would not fit (see :mod:`icgd.memory`); a size that passed is not
+        checked again (the limit is fixed by the environment and the device)."""
+        key = (batch, tokens, str(self._step_sign.device), os.environ.get(MEMORY_ENV, ""))
+        if key in self._memory_checked:
+            return
         deep_gd_memory(self.spec, knots=self.knots, box=self.box, dtype=self.dtype, batch=batch, tokens=tokens,
                        build=False, what=f"a forward pass of {batch} prompt(s) × {tokens} tokens"
                        ).check(self._step_sign.device)
+        self._memory_checked.add(key)
 
     def tokens_for(self, X, Y, w0, x_query=None) -> tuple[torch.Tensor, bool]:
         """Pack a prompt into this model's tokens; returns the tokens and whether the inputs were unbatched."""

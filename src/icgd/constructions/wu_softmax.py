@@ -123,12 +123,13 @@ import torch
 from torch import nn
 
 from icgd._checks import as_float_tensor, positive_float, positive_int
-from icgd.constructions.wu import (_PY_ENTRY, _CHUNK, ConstructedICGD, _bank, _bank_bytes, _Builder, _itemsize,
-                                  _sparse_bytes, fit_ranges_from_box, per_layer_ranges,
-                                   wu_layout)
+from icgd.constructions.wu import (_PY_ENTRY, _CHUNK, ConstructedICGD, _Builder, _itemsize, _range_index_bytes,
+                                   _sparse_bytes,
+                                   fit_ranges_from_box, per_layer_ranges, wu_layout)
 from icgd.errors import ShapeError, SpecError
 from icgd.layers import EWML, Transformer
 from icgd.layers.attention import SparseSoftmaxAttention
+from icgd.layers.heads import sparse_bank, sparse_bank_bytes
 from icgd.memory import MemoryEstimate
 from icgd.nets import Activation, NetSpec, check_prompt, get_activation
 from icgd.tokens import Layout
@@ -303,22 +304,23 @@ def deep_gd_softmax_memory(spec: NetSpec, *, units: int = DEFAULT_UNITS, order: 
     D = spec.d_in + 2 * d_out + Dw + 3 * P + 2 + Dw + P + S_in
     imax = max(ins)
     fit = [_sink_units(spec.layer_act(j).name, units) for j in range(1, N + 1)]
-    params = _bank_bytes(1, 2, Dw, 1, 1, s)  # gate
+    params = sparse_bank_bytes(1, 2, Dw, 1, 1, s)  # gate
     for j in range(N):
         if fit[j][0] is None:
-            params += _bank_bytes(outs[j], ins[j], 1, 1, 1, s)
+            params += sparse_bank_bytes(outs[j], ins[j], 1, 1, 1, s)
         else:
-            params += _bank_bytes(outs[j] + 1, ins[j] + 2, 2, 2, fit[j][0], s) + 2 * (outs[j] + 1) * fit[j][0] * 2 * s
+            params += sparse_bank_bytes(outs[j] + 1, ins[j] + 2, 2, 2, fit[j][0], s) + 2 * (outs[j] + 1) * fit[j][0] * 2 * s
     Hd = [f[1] for f in fit if f[1] is not None]
     if all(spec.layer_act(j).name in ("sigmoid", "tanh", "identity") for j in range(1, N + 1)):
-        params += _bank_bytes(P, 2, 1, 1, 1, s)
+        params += sparse_bank_bytes(P, 2, 1, 1, 1, s)
     else:
-        params += _bank_bytes(P + 1, imax + 2, 2, 2, max(Hd), s) + 4 * (P + 1) * max(Hd) * s
-    params += _bank_bytes(d_out, 1, 1, 1, 1, s) + sum(_bank_bytes(outs[j - 1], outs[j], 1, 1, 1, s)
+        params += sparse_bank_bytes(P + 1, imax + 2, 2, 2, max(Hd), s) + 4 * (P + 1) * max(Hd) * s
+    params += sparse_bank_bytes(d_out, 1, 1, 1, 1, s) + sum(sparse_bank_bytes(outs[j - 1], outs[j], 1, 1, 1, s)
                                                       for j in range(1, N))  # back
     H = 2 * len(RICHARDSON[order])
-    params += _bank_bytes(P + 1, 1, max(imax, P + S_in), 1, H, s) + 2 * (P + 1) * H * s  # step
-    params += _bank_bytes(P, 1, imax, 1, 1, s)  # mean
+    params += sparse_bank_bytes(P + 1, 1, max(imax, P + S_in), 1, H, s) + 2 * (P + 1) * H * s  # step
+    params += sparse_bank_bytes(P, 1, imax, 1, 1, s)  # mean
+    params += _range_index_bytes(P, imax, s)
     C = (Dw if box is not None else 0) + 3 * P + d_out + Dw + P + S_in
     params += _sparse_bytes(10 * d_out, s) + _sparse_bytes(4 * C + (2 * Dw if box is not None else 0), s)
     entries = max(P * (2 * imax + 5), (P + 1) * (imax + 3) + P + S_in, Dw)
@@ -379,7 +381,7 @@ class _SoftmaxBuilder(_Builder):
         values = [[(w.start + i, wt.start + i, 1.0) for i in range(w.stop - w.start)]]
         q = [[(self.one, 1.0), (self.one, -1.0)]]
         k = [[(self.one, 1.0), (self.t, 1.0)]]
-        return EWML(_bank(self.D, q, k, values, self.dtype))
+        return EWML(sparse_bank(self.D, q, k, values, self.dtype))
 
     def sink_rows(self, j: int, k: int) -> tuple[list, list, list]:
         """Query rows ``[p̄(j−1); one; −one]``, key rows ``[w̃_jk; one; t]`` and blocks ``[0 … 0, 1, 1]``: block 0
@@ -424,7 +426,7 @@ class _SoftmaxBuilder(_Builder):
             values.append(offsets)
             c[-1, 0] = 1.0
         alpha, mask, c = (x.to(self.dtype) for x in (alpha, mask, c))
-        bank = _bank(self.D, q, k_, values, self.dtype, alpha=alpha.clone(), c=c, block=blocks)
+        bank = sparse_bank(self.D, q, k_, values, self.dtype, alpha=alpha.clone(), c=c, block=blocks)
         return _Sink(SparseSoftmaxAttention(bank), alpha, mask)
 
     def linear_layer(self, j: int) -> EWML:
@@ -433,7 +435,7 @@ class _SoftmaxBuilder(_Builder):
         q = [[(self.prev(j, i), 1.0) for i in range(n_in)] for _ in range(self.spec.shapes[j - 1][0])]
         k_ = [[(self.w(j, k, i), 1.0) for i in range(n_in)] for k in range(self.spec.shapes[j - 1][0])]
         values = [[(self.one, self.p(j, k), 1.0)] for k in range(self.spec.shapes[j - 1][0])]
-        return EWML(_bank(self.D, q, k_, values, self.dtype))
+        return EWML(sparse_bank(self.D, q, k_, values, self.dtype))
 
     def fwd_layer(self, j: int, fit: LogisticFit | None) -> SparseSoftmaxAttention | EWML | _Sink:
         if fit is None:
@@ -451,7 +453,7 @@ class _SoftmaxBuilder(_Builder):
             q.append(rows[0])
             k_.append(rows[1])
             values.append([(self.one, self.L.index(f"r{j}", k), 1.0)])
-        return EWML(_bank(self.D, q, k_, values, self.dtype))
+        return EWML(sparse_bank(self.D, q, k_, values, self.dtype))
 
     def sink_deriv_layer(self, dfits: Sequence[LogisticFit]) -> _Sink:
         return self.sink_layer([(j, k, dfits[j - 1], self.L.index(f"r{j}", k)) for j, k in self.units()])
@@ -484,7 +486,7 @@ class _SoftmaxBuilder(_Builder):
         fixed = torch.zeros(G, H, dtype=torch.float64)
         fixed[-1, 0] = 1.0
         alpha, scaled, fixed = (x.to(self.dtype) for x in (alpha, scaled, fixed))
-        bank = _bank(self.D, q, k_, values, self.dtype, alpha=alpha, c=fixed + scaled)
+        bank = sparse_bank(self.D, q, k_, values, self.dtype, alpha=alpha, c=fixed + scaled)
         return SparseSoftmaxAttention(bank), scaled, fixed
 
     def mean_layer(self) -> EWML:
@@ -494,7 +496,7 @@ class _SoftmaxBuilder(_Builder):
         k_ = [[(self.one, 1.0)] for _ in units]
         values = [[(self.L.index(f"mp{j}", i), self.w(j, k, i), 1.0) for i in range(self.spec.shapes[j - 1][1])]
                   for j, k in units]
-        return EWML(_bank(self.D, q, k_, values, self.dtype))
+        return EWML(sparse_bank(self.D, q, k_, values, self.dtype))
 
     def project_coords(self, box: float | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The ReLU construction's projection (box clip, erase p̄, r̄′, g, s̄) plus units erasing w̃, ms and mp:
@@ -558,6 +560,7 @@ class ConstructedSoftmaxICGD(ConstructedICGD):
         self.register_buffer("_step_sign", scaled, persistent=False)
         self.register_buffer("_step_fixed", fixed, persistent=False)
         self._prompt_size: tuple[int, int] | None = None
+        self._preactivation_index(b)
 
     def _set_prompt_size(self, n: int, T: int) -> None:
         """Per prompt size: the sink heads' ``ln(n/m)`` (m = T − n query tokens), the step pairs' value scale

@@ -59,6 +59,39 @@ def mix_heads(U: torch.Tensor, alpha: torch.Tensor, c: torch.Tensor, act: Callab
     return out.reshape(B, G, *rest)
 
 
+def relu_mix(U: torch.Tensor, alpha: torch.Tensor, c: torch.Tensor, sectors: tuple | None = None) -> torch.Tensor:
+    """``Σ_h c_{g,h} relu(Σ_b α_{g,h,b} U_{g,b})`` for block scores ``U (B, G, X, nb)`` (blocks last) → ``(B, G, X)``.
+
+    With `sectors` (:meth:`HeadBank.relu_sectors` of the same α, c; nb ≤ 2) the head sum is evaluated through its exact
+    piecewise-linear form: O(log H) per score instead of O(H). Otherwise two batched matmuls over the groups
+    (``U αᵀ``, then the relu'd scores times c), in chunks of heads so that at most ``_CHUNK_ELEMENTS`` scores exist
+    at once."""
+    if sectors is not None:
+        return _sector_mix(U, *sectors)
+    B, G, X, _ = U.shape
+    H = alpha.shape[1]
+    aT, cc = alpha.transpose(1, 2), c.unsqueeze(-1)  # (G, nb, H), (G, H, 1)
+    step = max(1, _CHUNK_ELEMENTS // max(1, B * G * X))
+    out = None
+    for h0 in range(0, H, step):
+        S = torch.matmul(U, aT[..., h0:h0 + step]).relu_()  # (B, G, X, h)
+        part = torch.matmul(S, cc[:, h0:h0 + step]).squeeze(-1)
+        out = part if out is None else out + part
+    return out
+
+
+def _sector_mix(U: torch.Tensor, bounds: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    """``F_g(U_0, U_1)`` from :func:`~icgd.layers.heads.relu_sectors`: find each score's sector by its angle, then one linear form."""
+    B, G, X, nb = U.shape
+    if nb == 1:
+        U = torch.cat([U, torch.zeros_like(U)], dim=-1)
+    Ug = U.transpose(0, 1).reshape(G, B * X, 2)
+    theta = torch.atan2(Ug[..., 1], Ug[..., 0])
+    sector = torch.searchsorted(bounds, theta)  # (G, B·X)
+    A = torch.gather(coef, 1, sector.unsqueeze(-1).expand(G, B * X, 2))
+    return (Ug * A).sum(-1).view(G, B, X).transpose(0, 1)
+
+
 def _invariant(t: torch.Tensor) -> bool:
     """True when every token has exactly the same rows (dimension 1 is the token axis)."""
     return t.shape[1] == 1 or torch.equal(t, t[:, :1].expand_as(t))
@@ -86,30 +119,44 @@ class ReLUAttention(HeadLayer):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         hb = self.heads
+        if h.shape[-1] != hb.dim:
+            raise ShapeError(f"tokens have dimension {h.shape[-1]} but the heads expect {hb.dim}")
+        if _invariant(hb.k.token_view(h)):
+            return hb.v.add_to(h, self._shared_keys(h))
+        if _invariant(hb.q.token_view(h)):
+            return hb.v.add_to(h, self._shared_queries(h))
+        return hb.v.add_to(h, self._all_pairs(h))
+
+    def _shared_keys(self, h: torch.Tensor) -> torch.Tensor:
+        """Every token has the same key rows k: ``Σ_s relu(⟨q_i, k⟩) V h_s = relu(⟨q_i, k⟩) V Σ_s h_s`` — the value
+        map is applied once to the token sum (prefix sums when causal). Returns ``(B, T, G, e)``."""
+        hb, T = self.heads, h.shape[1]
+        U = hb.shared_scores(hb.q(h), hb.k(h[:, 0]))  # (B, G, T, nb)
+        A = relu_mix(U, hb.alpha, hb.c, hb.relu_sectors())  # (B, G, T): weight of token i, the same for every key
+        hmean = h.cumsum(1) / self._norm(T, h).view(-1, 1) if self.causal else h.sum(1, keepdim=True) / T
+        vsum = hb.v.read(hmean)  # (B, T or 1, G, e)
+        return A.transpose(1, 2).unsqueeze(-1) * vsum
+
+    def _shared_queries(self, h: torch.Tensor) -> torch.Tensor:
+        """Every token has the same query rows: the weight of key s is the same for every token; the weighted value
+        sum is one batched matmul over the groups, ``(B, 1, G, e)`` (prefix sums ``(B, T, G, e)`` when causal)."""
+        hb, T = self.heads, h.shape[1]
+        U = hb.shared_scores(hb.k(h), hb.q(h[:, 0]))  # (B, G, S, nb)
+        a = relu_mix(U, hb.alpha, hb.c, hb.relu_sectors())  # (B, G, S): weight of key s, the same for every token
+        vals = hb.v.read(h)  # (B, S, G, e)
+        if self.causal:
+            return (a.transpose(1, 2).unsqueeze(-1) * vals).cumsum(1) / self._norm(T, h)
+        return torch.matmul(a.unsqueeze(2), vals.transpose(1, 2)).transpose(1, 2) / T  # (B, 1, G, e)
+
+    def _all_pairs(self, h: torch.Tensor) -> torch.Tensor:
+        """The general case: the ``(B, G, T, S)`` weights of every token pair, ``(B, T, G, e)``."""
+        hb, T = self.heads, h.shape[1]
         qh, kh, vals = hb.project(h)  # (B, T, G, r), (B, T, G, r), (B, T, G, e)
-        T = h.shape[1]
-        norm = self._norm(T, h)
-        relu = torch.relu
-        if _invariant(kh):
-            U = torch.einsum("bigr,bgr,grn->bgni", qh, kh[:, 0], hb.onehot)
-            A = mix_heads(U, hb.alpha, hb.c, relu)  # (B, G, T): weight of token i, the same for every key
-            vsum = vals.cumsum(1) if self.causal else vals.sum(1, keepdim=True)
-            out = A.transpose(1, 2)[..., None] * (vsum / norm)
-        elif _invariant(qh):
-            U = torch.einsum("bgr,bsgr,grn->bgns", qh[:, 0], kh, hb.onehot)
-            a = mix_heads(U, hb.alpha, hb.c, relu)  # (B, G, S): weight of key s, the same for every token
-            weighted = a.transpose(1, 2)[..., None] * vals
-            if self.causal:
-                out = weighted.cumsum(1) / norm
-            else:
-                out = (weighted.sum(1, keepdim=True) / norm).expand_as(vals)
-        else:
-            U = torch.einsum("bigr,bsgr,grn->bgnis", qh, kh, hb.onehot)
-            A = mix_heads(U, hb.alpha, hb.c, relu)  # (B, G, T, S)
-            if self.causal:
-                A = A * torch.ones(T, T, dtype=A.dtype, device=A.device).tril()
-            out = torch.einsum("bgis,bsge->bige", A, vals) / norm
-        return h + hb.v.emit(out)
+        U = torch.einsum("bigr,bsgr,grn->bgnis", qh, kh, hb.onehot)
+        A = mix_heads(U, hb.alpha, hb.c, torch.relu)  # (B, G, T, S)
+        if self.causal:
+            A = A * torch.ones(T, T, dtype=A.dtype, device=A.device).tril()
+        return torch.einsum("bgis,bsge->bige", A, vals) / self._norm(T, h)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", causal={self.causal}"

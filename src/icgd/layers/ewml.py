@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from icgd.layers.attention import mix_heads
 from icgd.layers.heads import HeadLayer
 
 
@@ -15,7 +14,7 @@ class EWML(HeadLayer):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         hb = self.heads
-        qh, kh, vals = hb.project(h)
-        U = torch.einsum("btgr,btgr,grn->bgnt", qh, kh, hb.onehot)  # self scores per row block
-        coef = mix_heads(U, hb.alpha, hb.c, None)  # (B, G, T)
-        return h + hb.v.emit(coef.transpose(1, 2)[..., None] * vals)
+        qh, kh, vals = hb.project(h)  # (B, T, G, r), (B, T, G, r), (B, T, G, e)
+        # no activation: the heads of a group fold into one weight per row, μ (G, r) (HeadBank.self_coefficients)
+        coef = (qh * kh).mul_(hb.self_coefficients()).sum(-1)  # (B, T, G)
+        return hb.v.add_to(h, coef.unsqueeze(-1) * vals)

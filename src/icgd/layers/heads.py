@@ -15,10 +15,37 @@ head only costs a scalar combination of its group's block scores. ``Q_g``/``K_g`
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
 from icgd.errors import ShapeError
+
+SECTOR_MIN_HEADS = 8  # heads per group from which relu_sectors beats evaluating every head
+
+
+def relu_sectors(alpha: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exact piecewise-linear form of ``F_g(x, y) = Σ_h c_{g,h} relu(α_{g,h,0} x + α_{g,h,1} y)`` (nb ≤ 2).
+
+    F_g is positively homogeneous and linear on each angular sector of the plane between consecutive angles where
+    a head's score changes sign (``atan2(α_1, α_0) ± π/2``): there ``F_g = A_0 x + A_1 y`` with
+    ``A = Σ_{heads active in the sector} c_h α_h``. Returns the sorted sector boundaries ``(G, 2H)`` in [−π, π]
+    and the coefficients ``(G, 2H + 1, 2)`` of the sectors (index i: between boundaries i − 1 and i), each found
+    by testing which heads are active at the sector's middle angle."""
+    G, H, nb = alpha.shape
+    a = alpha if nb == 2 else torch.cat([alpha, torch.zeros_like(alpha)], dim=-1)
+    phi = torch.atan2(a[..., 1], a[..., 0])
+    b = torch.cat([phi - math.pi / 2, phi + math.pi / 2], dim=1)
+    b = torch.remainder(b + math.pi, 2 * math.pi) - math.pi  # (G, 2H) in [−π, π)
+    bounds = torch.sort(b, dim=1).values
+    edges = torch.cat([torch.full_like(bounds[:, :1], -math.pi), bounds, torch.full_like(bounds[:, :1], math.pi)], 1)
+    mid = 0.5 * (edges[:, 1:] + edges[:, :-1])  # (G, 2H + 1)
+    direction = torch.stack([torch.cos(mid), torch.sin(mid)], dim=-1)  # (G, S, 2)
+    active = (torch.einsum("gsn,ghn->gsh", direction, a) > 0).to(a.dtype)
+    coef = torch.einsum("gsh,gh,ghn->gsn", active, c, a)
+    return bounds.contiguous(), coef
 
 
 def _param(t: torch.Tensor, trainable: bool) -> nn.Parameter:
@@ -58,8 +85,27 @@ class RowMap(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if self.is_dense:
-            return torch.einsum("btd,grd->btgr", h, self.weight)
+            return torch.einsum("...d,grd->...gr", h, self.weight)
+        G, r, z = self.idx.shape
+        if z == 1:  # one coordinate per row (the constructions): a single gather, no (…, r, nnz) intermediate
+            return h.index_select(-1, self.idx.view(-1)).view(*h.shape[:-1], G, r) * self.coef.view(G, r)
         return (h[..., self.idx] * self.coef).sum(-1)
+
+    def columns(self) -> torch.Tensor | None:
+        """The sorted token coordinates the sparse rows read with a nonzero coefficient (None when dense); cached
+        while `idx` and `coef` are unchanged."""
+        if self.is_dense:
+            return None
+        key = tuple((t.data_ptr(), t._version, t.device) for t in (self.idx, self.coef))
+        if getattr(self, "_columns_key", None) != key:
+            self._columns, self._columns_key = torch.unique(self.idx[self.coef.detach() != 0]), key
+        return self._columns
+
+    def token_view(self, h: torch.Tensor) -> torch.Tensor:
+        """What decides whether every token of ``h (B, T, D)`` has the same rows: the coordinates the sparse rows read
+        ``(B, T, C)`` (equal across tokens implies equal rows), or the rows themselves when dense."""
+        cols = self.columns()
+        return self(h) if cols is None else h.index_select(-1, cols)
 
     def dense(self) -> torch.Tensor:
         """The maps as a dense ``(G, r, D)`` tensor."""
@@ -104,14 +150,21 @@ class ValueMap(nn.Module):
 
     def read(self, h: torch.Tensor) -> torch.Tensor:
         if self.is_dense:
-            return torch.einsum("btd,ged->btge", h, self.weight)
-        return h[..., self.src] * self.coef
+            return torch.einsum("...d,ged->...ge", h, self.weight)
+        G, e = self.src.shape
+        return h.index_select(-1, self.src.view(-1)).view(*h.shape[:-1], G, e) * self.coef
 
     def emit(self, vals: torch.Tensor) -> torch.Tensor:
         if self.is_dense:
             return vals.sum(-2)
         out = vals.new_zeros(*vals.shape[:-2], self.dim)
         return out.index_add(-1, self.dst.reshape(-1), vals.reshape(*vals.shape[:-2], -1))
+
+    def add_to(self, h: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+        """``h + emit(vals)`` (a new tensor); `vals` ``(B, T, G, e)`` or ``(B, 1, G, e)`` (the same for every token)."""
+        if self.is_dense or vals.shape[:-2] != h.shape[:-1]:
+            return h + self.emit(vals)
+        return h.index_add(-1, self.dst.reshape(-1), vals.reshape(*vals.shape[:-2], -1))
 
     def dense(self) -> torch.Tensor:
         if self.is_dense:
@@ -189,6 +242,30 @@ class HeadBank(nn.Module):
         V = (c[..., None, None] * Vg[:, None]).reshape(G * H, *Vg.shape[1:])
         return Q, K, V
 
+    def relu_sectors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """:func:`relu_sectors` of this bank's α and c (cached while they are unchanged), or None where the head
+        sum is cheaper head by head (more than 2 row blocks, fewer than ``SECTOR_MIN_HEADS`` heads per group, or
+        trainable coefficients, whose gradients must flow through every head)."""
+        G, H, nb = self.alpha.shape
+        if nb > 2 or H < SECTOR_MIN_HEADS or self.alpha.requires_grad or self.c.requires_grad:
+            return None
+        key = tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in (self.alpha, self.c))
+        if getattr(self, "_sectors_key", None) != key:
+            self._sectors, self._sectors_key = relu_sectors(self.alpha.detach(), self.c.detach()), key
+        return self._sectors
+
+    def self_coefficients(self) -> torch.Tensor:
+        """``μ (G, r)``: when the heads' scores are only summed (no activation, as in EWML), head h of group g adds
+        ``c_{g,h} Σ_b α_{g,h,b} U_{g,b}``, so the group's weight is ``Σ_ρ μ_{g,ρ} (Q_g h)_ρ (K_g h)_ρ`` with
+        ``μ_{g,ρ} = Σ_h c_{g,h} α_{g,h,block(ρ)}``."""
+        lam = torch.einsum("gh,ghn->gn", self.c, self.alpha)
+        return torch.gather(lam, 1, self.block)
+
+    def shared_scores(self, rows: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+        """Block scores ``U (B, G, T, nb)`` of per-token rows ``(B, T, G, r)`` against rows shared by all tokens
+        ``(B, G, r)``: one batched matmul over the groups, ``U_{g,b}(t) = Σ_{ρ in block b} rows_{t,g,ρ} shared_{g,ρ}``."""
+        return torch.matmul(rows.transpose(1, 2), shared.unsqueeze(-1) * self.onehot)
+
     def project(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Query rows, key rows ``(B, T, G, r)`` and value reads ``(B, T, G, e)``."""
         if h.shape[-1] != self.dim:
@@ -220,3 +297,60 @@ class HeadLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"heads={self.num_heads}, dim={self.dim}"
+
+
+# ------------------------------------------------------------------------------------------- sparse builders
+
+
+def sparse_rowmap(dim: int, groups: Sequence[Sequence[tuple[int, float]]], dtype: torch.dtype) -> RowMap:
+    """A sparse :class:`RowMap` with one row per ``(coordinate, coefficient)`` pair of each group (every row reads a
+    single coordinate, as in the constructions); shorter groups are padded with zero rows."""
+    r = max(len(g) for g in groups)
+    idx = [[i for i, _ in rows] + [0] * (r - len(rows)) for rows in groups]
+    coef = [[c for _, c in rows] + [0.0] * (r - len(rows)) for rows in groups]
+    return RowMap(dim, idx=torch.tensor(idx, dtype=torch.long).view(len(groups), r, 1),
+                  coef=torch.tensor(coef, dtype=dtype).view(len(groups), r, 1))
+
+
+def sparse_valuemap(dim: int, groups: Sequence[Sequence[tuple[int, int, float]]], dtype: torch.dtype) -> ValueMap:
+    """A sparse :class:`ValueMap` from ``(source, destination, coefficient)`` COO entries per group (``coef ·
+    h[source] → out[destination]``); shorter groups are padded with zero entries."""
+    e = max(len(g) for g in groups)
+    pad = [(0, 0, 0.0)]
+    rows = [list(g) + pad * (e - len(g)) for g in groups]
+    src = torch.tensor([[t[0] for t in g] for g in rows], dtype=torch.long)
+    dst = torch.tensor([[t[1] for t in g] for g in rows], dtype=torch.long)
+    coef = torch.tensor([[float(t[2]) for t in g] for g in rows], dtype=dtype)
+    return ValueMap(dim, src=src, dst=dst, coef=coef)
+
+
+def sparse_bank(dim: int, q_rows: Sequence[Sequence[tuple[int, float]]], k_rows: Sequence[Sequence[tuple[int, float]]],
+                values: Sequence[Sequence[tuple[int, int, float]]], dtype: torch.dtype, *,
+                alpha: torch.Tensor | None = None, c: torch.Tensor | None = None,
+                block: Sequence[Sequence[int]] | None = None) -> HeadBank:
+    """A :class:`HeadBank` from per-group query rows, key rows (``(coordinate, coefficient)`` lists, see
+    :func:`sparse_rowmap`), value entries (:func:`sparse_valuemap`), optional head coefficients `alpha` ``(G, H,
+    nb)``, `c` ``(G, H)`` and the row block of each query row (padded rows go to block 0)."""
+    q, k, v = sparse_rowmap(dim, q_rows, dtype), sparse_rowmap(dim, k_rows, dtype), sparse_valuemap(dim, values, dtype)
+    if block is not None:
+        block = torch.tensor([list(b) + [0] * (q.rows - len(b)) for b in block], dtype=torch.long)
+    return HeadBank(q, k, v, alpha=alpha, c=c, block=block)
+
+
+def fit_heads(fits: Sequence, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``alpha (G, H, 2)`` and ``c (G, H)`` of groups whose heads are the units ``c_h relu(a1_h u + a2_h)`` of a
+    sum-of-ReLU fit (any object with ``units`` and tensors ``a1``, ``a2``, ``c``, e.g.
+    :class:`~icgd.constructions.fits.ReluFit`), one fit per group; shorter fits are padded with zero heads."""
+    H = max(f.units for f in fits)
+    alpha = torch.zeros(len(fits), H, 2, dtype=dtype)
+    c = torch.zeros(len(fits), H, dtype=dtype)
+    for g, f in enumerate(fits):
+        alpha[g, : f.units, 0], alpha[g, : f.units, 1], c[g, : f.units] = f.a1, f.a2, f.c
+    return alpha, c
+
+
+def sparse_bank_bytes(G: int, r: int, e: int, nb: int, H: int, s: int) -> int:
+    """Stored bytes of a sparse :class:`HeadBank` of G groups, r rows, e value entries, nb row blocks and H heads per
+    group with s-byte floats: q/k idx (long) + coef, value src/dst (long) + coef, block (long), onehot, alpha and
+    c."""
+    return G * r * 2 * (8 + s) + G * e * (16 + s) + G * r * 8 + G * r * nb * s + G * H * (nb + 1) * s
