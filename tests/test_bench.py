@@ -21,7 +21,7 @@ def tiny(cfg, *, memory: bool = False):
         training=replace(cfg.training, sizes=(tr.ModelSize(1, 1, 8),), batch=4, points=5, d=3, rounds=2,
                          eval_rounds=2, warmup=1, memory=memory),
         construction=replace(cfg.construction, base=Point(depth=2, width=2, d=2, n=6, steps=2, knots=8), rounds=2,
-                             sweep_repeats=1, sweeps={"n": (4, 8), "knots": (8, 16)}),
+                             sweep_repeats=1, sweeps={"n": (4, 8), "knots": (8, 16)}, estimator_repeats=0),
         learners=replace(cfg.learners, B=6, d=3, n=5, loop_prompts=3, direct_width=8, direct_epochs=2, direct_B=2,
                          direct_prefix_B=2, direct_loop_prompts=1),
     )

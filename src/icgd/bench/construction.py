@@ -9,6 +9,8 @@ from itertools import chain
 
 import torch
 
+import icgd.layers.heads as heads_mod
+from icgd.bench import estimator as estimator_bench
 from icgd.bench.common import Stats, interleaved, loglog_slope, paired_ratio, peak_tensor_bytes
 from icgd.constructions import deep_gd
 from icgd.layers import EWML, MLP
@@ -16,6 +18,16 @@ from icgd.learners import gd_trajectory
 from icgd.nets import NetSpec, forward, init_weights
 
 SWEPT = ("n", "steps", "width", "knots")
+
+# The figures of the previous benchmarks/RESULTS.md (2026-11-23, before the fused head banks), shown beside the new
+# ones: the base point's median ratio and times, each sweep row's median ratio, and the fitted time exponents.
+PREVIOUS = {
+    "date": "2026-11-23",
+    "base": {"tf": 34.6e-3, "gd": 5.8e-3, "ratio": 5.97},
+    "ratios": {"n": {25: 5.4, 50: 6.3, 100: 5.7, 200: 9.1, 400: 15.0}, "steps": {5: 5.8, 10: 6.0, 20: 6.6, 40: 6.1},
+               "width": {4: 4.8, 8: 5.9, 16: 9.5, 32: 16.2}, "knots": {16: 5.8, 32: 6.5, 64: 6.1, 128: 6.8, 256: 6.7}},
+    "time_slopes": {"n": 0.36, "steps": 1.11, "width": 0.57, "knots": 0.23},
+}
 
 
 @dataclass(frozen=True)
@@ -44,6 +56,7 @@ class ConstructionBenchConfig:
     seed: int = 0
     eta: float = 2.0
     box: float = 1.0
+    estimator_repeats: int = 5  # rounds of the scikit-learn estimator's fit + predict (0: skip it)
 
 
 @dataclass
@@ -61,12 +74,16 @@ class ConstructionResult:
     base_tf: Stats
     base_gd: Stats
     ratio: Stats
+    per_head: Stats  # the same forward pass with every ReLU head evaluated one by one (no sector form)
+    per_head_ratio: Stats
     error: float  # max |w_tf − w_gd| at the last step
     layers: int
     flops: tuple[int, int]  # nominal FLOPs per GD step: construction, autograd
     sweeps: dict[str, list[SweepPoint]]
     time_slopes: dict[str, float]
     memory_slopes: dict[str, float]
+    autograd_slopes: dict[str, float]  # fitted time exponents of autograd GD over the same sweeps
+    estimator: estimator_bench.EstimatorResult | None = None
 
 
 def layer_flops(layer: torch.nn.Module, T: int) -> int:
@@ -123,6 +140,18 @@ def runners(point: Point, cfg: ConstructionBenchConfig, device: torch.device
     return construction, autograd, model
 
 
+def per_head(fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+    """`fn` with the sector form of the ReLU head sums switched off: every head evaluated one by one."""
+    def run() -> torch.Tensor:
+        saved = heads_mod.SECTOR_MIN_HEADS
+        heads_mod.SECTOR_MIN_HEADS = 1 << 62
+        try:
+            return fn()
+        finally:
+            heads_mod.SECTOR_MIN_HEADS = saved
+    return run
+
+
 def measure_point(point: Point, cfg: ConstructionBenchConfig, device: torch.device, rounds: int) -> SweepPoint:
     tf, gd, model = runners(point, cfg, device)
     times = interleaved({"tf": tf, "gd": gd}, rounds, device)
@@ -134,7 +163,7 @@ def run(cfg: ConstructionBenchConfig, device: torch.device, log: Callable[[str],
     log(f"[construction] {cfg.base.label()}: {cfg.rounds} rounds")
     tf, gd, model = runners(cfg.base, cfg, device)
     error = float((tf() - gd())[:, -1].abs().max())
-    times = interleaved({"tf": tf, "gd": gd}, cfg.rounds, device, warmup=2)
+    times = interleaved({"tf": tf, "gd": gd, "per_head": per_head(tf)}, cfg.rounds, device, warmup=2)
     sweeps: dict[str, list[SweepPoint]] = {}
     for name in SWEPT:
         values = cfg.sweeps.get(name, ())
@@ -150,7 +179,14 @@ def run(cfg: ConstructionBenchConfig, device: torch.device, log: Callable[[str],
                    for k, ps in sweeps.items() if len(ps) > 1}
     memory_slopes = {k: loglog_slope([p.value for p in ps], [max(p.memory, 1) for p in ps])
                      for k, ps in sweeps.items() if len(ps) > 1}
+    autograd_slopes = {k: loglog_slope([p.value for p in ps], [p.autograd.min for p in ps])
+                       for k, ps in sweeps.items() if len(ps) > 1}
+    est = None
+    if cfg.estimator_repeats and device.type == "cpu":
+        log(f"[construction] scikit-learn estimator: {cfg.estimator_repeats} rounds")
+        est = estimator_bench.run(cfg.estimator_repeats, torch.get_num_threads())
     return ConstructionResult(cfg, Stats.of(times["tf"]), Stats.of(times["gd"]),
-                              paired_ratio(times["tf"], times["gd"]), error, len(model.layers),
+                              paired_ratio(times["tf"], times["gd"]), Stats.of(times["per_head"]),
+                              paired_ratio(times["per_head"], times["gd"]), error, len(model.layers),
                               step_flops(model, cfg.base), sweeps,
-                              time_slopes, memory_slopes)
+                              time_slopes, memory_slopes, autograd_slopes, est)

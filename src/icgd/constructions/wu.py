@@ -30,7 +30,7 @@ on queries.
 **Deviations from the paper, and why**
 
 * Token form of ReLU attention (query from h_i, keys from h_s): the matrix form printed in the paper swaps the roles
-  of Q and K and breaks the construction (construction notes, pitfall P1).
+  of Q and K and breaks the construction (each token would average r(v·p̄_s) over all tokens).
 * Sum-of-ReLU fits are piecewise-linear interpolants with ``knots`` units on a per-layer interval ``[−R_j, R_j]``
   (error O(knots⁻²)); the paper's existence proof gives Õ(ε⁻²) heads. Activations: sigmoid, tanh, softplus, gelu
   as in the paper, plus relu (exact r, r′ a ramp of width 1e-6: beyond Theorem 1, exact unless a
@@ -137,8 +137,8 @@ def _itemsize(dtype: torch.dtype) -> int:
 
 
 def _range_index_bytes(P: int, imax: int, s: int) -> int:
-    """The range check's index buffers: two (P, imax) long tensors, a (P, imax) mask and P bounds."""
-    return P * imax * (16 + s) + P * s
+    """The range check's index buffers: three (P, imax) long tensors, a (P, imax) mask and P bounds."""
+    return P * imax * (24 + s) + P * s
 
 
 def _sparse_bytes(nnz: int, s: int) -> int:
@@ -374,15 +374,18 @@ class ConstructedICGD(Transformer):
                         ("_pre_mask", torch.tensor(mask, dtype=self.dtype)),
                         ("_pre_R", torch.tensor(R, dtype=self.dtype))):
             self.register_buffer(name, t, persistent=False)
+        unit = torch.arange(len(prev))[:, None].expand(-1, imax)
+        self.register_buffer("_pre_flat", (self._pre_prev * len(prev) + unit).reshape(-1), persistent=False)
 
     def _check_range(self, tokens: torch.Tensor, step: int) -> None:
         """Raise if a pre-activation of the current step left its fit interval (uses p̄ read from the tokens): every
-        unit's ``v_jk · p̄_i(j−1)`` at once, from two gathers."""
-        B, T, _ = tokens.shape
+        unit's ``v_jk · p̄_i(j−1)`` at once, as the tokens times a (D, units) matrix holding each v_jk at the rows of
+        p̄(j−1)."""
+        B, T, D = tokens.shape
         P, imax = self._pre_prev.shape
-        p = tokens.index_select(-1, self._pre_prev.view(-1)).view(B, T, P, imax)
-        v = tokens[:, :1].index_select(-1, self._pre_w.view(-1)).view(B, 1, P, imax) * self._pre_mask
-        ratio = (p * v).sum(-1).abs().amax(dim=(0, 1)) / self._pre_R
+        v = tokens[:, 0].index_select(-1, self._pre_w.view(-1)) * self._pre_mask.view(-1)  # (B, P·imax)
+        M = tokens.new_zeros(B, D * P).index_add_(1, self._pre_flat, v).view(B, D, P)  # unit p reads M[:, :, p]
+        ratio = torch.bmm(tokens, M).abs().amax(dim=(0, 1)) / self._pre_R
         if float(ratio.max()) > 1 + 1e-9:
             self._range_error(tokens, step)
 

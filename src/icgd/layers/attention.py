@@ -83,18 +83,18 @@ def relu_mix(U: torch.Tensor, alpha: torch.Tensor, c: torch.Tensor, sectors: tup
 def _sector_mix(U: torch.Tensor, bounds: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
     """``F_g(U_0, U_1)`` from :func:`~icgd.layers.heads.relu_sectors`: find each score's sector by its angle, then one linear form."""
     B, G, X, nb = U.shape
-    if nb == 1:
-        U = torch.cat([U, torch.zeros_like(U)], dim=-1)
-    Ug = U.transpose(0, 1).reshape(G, B * X, 2)
-    theta = torch.atan2(Ug[..., 1], Ug[..., 0])
-    sector = torch.searchsorted(bounds, theta)  # (G, B·X)
+    x = U[..., 0]
+    y = U[..., 1] if nb == 2 else torch.zeros_like(x)
+    xg, yg = (t.transpose(0, 1).reshape(G, B * X) for t in (x, y))
+    sector = torch.searchsorted(bounds, torch.atan2(yg, xg))  # (G, B·X)
     A = torch.gather(coef, 1, sector.unsqueeze(-1).expand(G, B * X, 2))
-    return (Ug * A).sum(-1).view(G, B, X).transpose(0, 1)
+    return (xg * A[..., 0] + yg * A[..., 1]).view(G, B, X).transpose(0, 1)
 
 
-def _invariant(t: torch.Tensor) -> bool:
-    """True when every token has exactly the same rows (dimension 1 is the token axis)."""
-    return t.shape[1] == 1 or torch.equal(t, t[:, :1].expand_as(t))
+def _invariant(t: torch.Tensor | list[torch.Tensor]) -> bool:
+    """True when every token has exactly the same rows (dimension 1 is the token axis), in every tensor of a list."""
+    parts = t if isinstance(t, (list, tuple)) else [t]
+    return all(p.shape[1] == 1 or torch.equal(p, p[:, :1].expand_as(p)) for p in parts)
 
 
 class ReLUAttention(HeadLayer):

@@ -24,6 +24,7 @@ from torch import nn
 from icgd.errors import ShapeError
 
 SECTOR_MIN_HEADS = 8  # heads per group from which relu_sectors beats evaluating every head
+MAX_RUNS = 8  # RowMap.token_view compares up to this many contiguous column runs as views, else gathers
 
 
 def relu_sectors(alpha: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,6 +47,12 @@ def relu_sectors(alpha: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, to
     active = (torch.einsum("gsn,ghn->gsh", direction, a) > 0).to(a.dtype)
     coef = torch.einsum("gsh,gh,ghn->gsn", active, c, a)
     return bounds.contiguous(), coef
+
+
+def _gather_last(h: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``h[..., idx]`` for a 1-D index (torch.gather along the last axis: about twice as fast as index_select on a
+    CPU, where the last axis is the contiguous one)."""
+    return torch.gather(h, -1, idx.expand(*h.shape[:-1], idx.numel()))
 
 
 def _param(t: torch.Tensor, trainable: bool) -> nn.Parameter:
@@ -88,24 +95,37 @@ class RowMap(nn.Module):
             return torch.einsum("...d,grd->...gr", h, self.weight)
         G, r, z = self.idx.shape
         if z == 1:  # one coordinate per row (the constructions): a single gather, no (…, r, nnz) intermediate
-            return h.index_select(-1, self.idx.view(-1)).view(*h.shape[:-1], G, r) * self.coef.view(G, r)
+            return _gather_last(h, self.idx.view(-1)).view(*h.shape[:-1], G, r) * self.coef.view(G, r)
         return (h[..., self.idx] * self.coef).sum(-1)
 
     def columns(self) -> torch.Tensor | None:
         """The sorted token coordinates the sparse rows read with a nonzero coefficient (None when dense); cached
         while `idx` and `coef` are unchanged."""
-        if self.is_dense:
-            return None
+        return None if self.is_dense else self._column_runs()[0]
+
+    def _column_runs(self) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         key = tuple((t.data_ptr(), t._version, t.device) for t in (self.idx, self.coef))
         if getattr(self, "_columns_key", None) != key:
-            self._columns, self._columns_key = torch.unique(self.idx[self.coef.detach() != 0]), key
-        return self._columns
+            cols = torch.unique(self.idx[self.coef.detach() != 0])
+            runs: list[tuple[int, int]] = []
+            for c in cols.tolist():
+                if runs and runs[-1][1] == c:
+                    runs[-1] = (runs[-1][0], c + 1)
+                else:
+                    runs.append((c, c + 1))
+            self._columns, self._runs, self._columns_key = cols, runs, key
+        return self._columns, self._runs
 
-    def token_view(self, h: torch.Tensor) -> torch.Tensor:
+    def token_view(self, h: torch.Tensor) -> list[torch.Tensor]:
         """What decides whether every token of ``h (B, T, D)`` has the same rows: the coordinates the sparse rows read
-        ``(B, T, C)`` (equal across tokens implies equal rows), or the rows themselves when dense."""
-        cols = self.columns()
-        return self(h) if cols is None else h.index_select(-1, cols)
+        (equal across tokens implies equal rows) as views of their contiguous runs (a gather when there are many
+        runs), or the rows themselves when dense."""
+        if self.is_dense:
+            return [self(h)]
+        cols, runs = self._column_runs()
+        if len(runs) > MAX_RUNS:
+            return [_gather_last(h, cols)]
+        return [h[..., a:b] for a, b in runs]
 
     def dense(self) -> torch.Tensor:
         """The maps as a dense ``(G, r, D)`` tensor."""
@@ -152,7 +172,7 @@ class ValueMap(nn.Module):
         if self.is_dense:
             return torch.einsum("...d,ged->...ge", h, self.weight)
         G, e = self.src.shape
-        return h.index_select(-1, self.src.view(-1)).view(*h.shape[:-1], G, e) * self.coef
+        return _gather_last(h, self.src.view(-1)).view(*h.shape[:-1], G, e) * self.coef
 
     def emit(self, vals: torch.Tensor) -> torch.Tensor:
         if self.is_dense:
@@ -264,7 +284,8 @@ class HeadBank(nn.Module):
     def shared_scores(self, rows: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
         """Block scores ``U (B, G, T, nb)`` of per-token rows ``(B, T, G, r)`` against rows shared by all tokens
         ``(B, G, r)``: one batched matmul over the groups, ``U_{g,b}(t) = Σ_{ρ in block b} rows_{t,g,ρ} shared_{g,ρ}``."""
-        return torch.matmul(rows.transpose(1, 2), shared.unsqueeze(-1) * self.onehot)
+        W = (shared.unsqueeze(-1) * self.onehot).transpose(-1, -2)  # (B, G, nb, r)
+        return torch.matmul(W, rows.permute(0, 2, 3, 1)).transpose(-1, -2)  # blocks-major storage, (B, G, T, nb) view
 
     def project(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Query rows, key rows ``(B, T, G, r)`` and value reads ``(B, T, G, e)``."""
