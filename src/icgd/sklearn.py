@@ -1,6 +1,6 @@
 """scikit-learn estimators whose predictions come from a transformer that learns from the training set in context.
 
-``fit(X, y)`` only validates, standardises and stores the data: the stored samples become the *context* of a prompt.
+``fit(X, y)`` validates, standardises and stores the data: the stored samples become the *context* of a prompt.
 ``predict(X)`` packs the context and the queries into tokens and runs a transformer on them:
 
 * :class:`InContextRegressor`, ``engine="construct"``: the explicit transformer of
@@ -194,8 +194,9 @@ def gd_fit_ranges(spec: NetSpec, X: torch.Tensor, Y: torch.Tensor, w0: torch.Ten
 class InContextRegressor(RegressorMixin, BaseEstimator):
     """Regression by a transformer that trains a network on the training set inside its forward pass.
 
-    ``fit`` trains nothing: it validates and standardises the data and stores them as the context. ``predict``
-    builds the prompts (context + queries) and runs a transformer on them.
+    ``fit`` validates and standardises the data and stores them as the context; with the construct engine it also
+    chooses the step size and the fit intervals and builds the transformer (``model_``). ``predict`` builds the
+    prompts (context + queries) and runs the transformer on them: its predictions come from its forward pass.
 
     Parameters
     ----------
@@ -342,7 +343,8 @@ class InContextRegressor(RegressorMixin, BaseEstimator):
     # -- fit
 
     def fit(self, X, y):
-        """Validate and standardise ``(X, y)`` and store them as the context (no training happens here).
+        """Validate and standardise ``(X, y)`` and store them as the context; construct engine: also ``eta_``,
+        ``fit_ranges_`` and the transformer ``model_`` (see the Notes).
 
         Parameters
         ----------

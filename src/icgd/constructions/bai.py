@@ -60,7 +60,8 @@ class _ConvexBuilder:
         identity = activation_fits(get_activation("identity"), 1.0, 2, dtype=self.dtype)[0]
         alpha, c = fit_heads([identity], self.dtype)
         values = [[(self.one, self.L.index("p"), 1.0)]]
-        return ReLUAttention(sparse_bank(self.D, q, k, values, self.dtype, alpha=alpha, c=c, block=[[0] * self.d + [1]]))
+        return ReLUAttention(sparse_bank(self.D, q, k, values, self.dtype, alpha=alpha, c=c,
+                                         block=[[0] * self.d + [1]]))
 
     def sigmoid_layer(self, fit) -> MLP:
         W1 = torch.zeros(fit.units, self.D, dtype=self.dtype)

@@ -309,7 +309,8 @@ def deep_gd_softmax_memory(spec: NetSpec, *, units: int = DEFAULT_UNITS, order: 
         if fit[j][0] is None:
             params += sparse_bank_bytes(outs[j], ins[j], 1, 1, 1, s)
         else:
-            params += sparse_bank_bytes(outs[j] + 1, ins[j] + 2, 2, 2, fit[j][0], s) + 2 * (outs[j] + 1) * fit[j][0] * 2 * s
+            params += (sparse_bank_bytes(outs[j] + 1, ins[j] + 2, 2, 2, fit[j][0], s)
+                       + 2 * (outs[j] + 1) * fit[j][0] * 2 * s)
     Hd = [f[1] for f in fit if f[1] is not None]
     if all(spec.layer_act(j).name in ("sigmoid", "tanh", "identity") for j in range(1, N + 1)):
         params += sparse_bank_bytes(P, 2, 1, 1, 1, s)

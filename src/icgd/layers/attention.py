@@ -81,7 +81,8 @@ def relu_mix(U: torch.Tensor, alpha: torch.Tensor, c: torch.Tensor, sectors: tup
 
 
 def _sector_mix(U: torch.Tensor, bounds: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
-    """``F_g(U_0, U_1)`` from :func:`~icgd.layers.heads.relu_sectors`: find each score's sector by its angle, then one linear form."""
+    """``F_g(U_0, U_1)`` from :func:`~icgd.layers.heads.relu_sectors`: find each score's sector by its angle, then
+    one linear form."""
     B, G, X, nb = U.shape
     x = U[..., 0]
     y = U[..., 1] if nb == 2 else torch.zeros_like(x)
@@ -106,6 +107,8 @@ class ReLUAttention(HeadLayer):
     token has the same key rows, ``Σ_s relu(⟨q_i, k⟩) V h_s = relu(⟨q_i, k⟩) Σ_s V h_s``; when every token has the
     same query rows, the output is the same for all tokens and is computed once. Both cost O(T) instead of O(T²)
     per head; the constructions of :mod:`icgd.constructions` rely on them (their keys read the replicated weights).
+    On both shortcuts a group with many heads (``HeadBank.relu_sectors``) sums its heads through their exact
+    piecewise-linear form, O(log H) per score (tested against the head-by-head sum).
     """
 
     def __init__(self, heads: HeadBank, *, causal: bool = False):
@@ -133,9 +136,13 @@ class ReLUAttention(HeadLayer):
         hb, T = self.heads, h.shape[1]
         U = hb.shared_scores(hb.q(h), hb.k(h[:, 0]))  # (B, G, T, nb)
         A = relu_mix(U, hb.alpha, hb.c, hb.relu_sectors())  # (B, G, T): weight of token i, the same for every key
-        hmean = h.cumsum(1) / self._norm(T, h).view(-1, 1) if self.causal else h.sum(1, keepdim=True) / T
-        vsum = hb.v.read(hmean)  # (B, T or 1, G, e)
-        return A.transpose(1, 2).unsqueeze(-1) * vsum
+        if self.causal:
+            vmean = hb.v.read(h).cumsum(1) / self._norm(T, h)  # (B, T, G, e)
+        elif hb.v.is_dense:
+            vmean = hb.v.read(h.sum(1, keepdim=True) / T)  # (B, 1, G, e): V Σ_s h_s
+        else:  # the few value entries first, then the token sum
+            vmean = hb.v.read(h).sum(1, keepdim=True) / T
+        return A.transpose(1, 2).unsqueeze(-1) * vmean
 
     def _shared_queries(self, h: torch.Tensor) -> torch.Tensor:
         """Every token has the same query rows: the weight of key s is the same for every token; the weighted value

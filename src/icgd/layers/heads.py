@@ -11,6 +11,14 @@ so that ``⟨Q_{g,h} h_i, K_{g,h} h_s⟩ = Σ_b α_{g,h,b} U_{g,b}(i, s)`` with 
 head only costs a scalar combination of its group's block scores. ``Q_g``/``K_g`` (:class:`RowMap`) and ``V_g``
 (:class:`ValueMap`) are either dense or sparse (a few ``(index, coefficient)`` pairs per row / COO entries).
 :meth:`HeadBank.dense` materialises the per-head matrices (for tests and small layers).
+
+With at most two row blocks, a group's ReLU heads sum to ``F_g(U_0, U_1) = Σ_h c_{g,h} relu(α_{g,h,0} U_0 + α_{g,h,1}
+U_1)``, positively homogeneous and linear on each angular sector between the heads' breakpoints:
+:func:`relu_sectors` tabulates it once, so a layer evaluates the exact head sum in O(log H) per score.
+
+The builders :func:`sparse_rowmap`, :func:`sparse_valuemap`, :func:`sparse_bank` and :func:`fit_heads` make banks
+from ``(coordinate, coefficient)`` lists, as the constructions of :mod:`icgd.constructions` write them;
+:func:`sparse_bank_bytes` is the stored size of such a bank.
 """
 
 from __future__ import annotations
@@ -283,7 +291,8 @@ class HeadBank(nn.Module):
 
     def shared_scores(self, rows: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
         """Block scores ``U (B, G, T, nb)`` of per-token rows ``(B, T, G, r)`` against rows shared by all tokens
-        ``(B, G, r)``: one batched matmul over the groups, ``U_{g,b}(t) = Σ_{ρ in block b} rows_{t,g,ρ} shared_{g,ρ}``."""
+        ``(B, G, r)``: one batched matmul over the groups,
+        ``U_{g,b}(t) = Σ_{ρ in block b} rows_{t,g,ρ} shared_{g,ρ}``."""
         W = (shared.unsqueeze(-1) * self.onehot).transpose(-1, -2)  # (B, G, nb, r)
         return torch.matmul(W, rows.permute(0, 2, 3, 1)).transpose(-1, -2)  # blocks-major storage, (B, G, T, nb) view
 
