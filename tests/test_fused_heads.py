@@ -153,3 +153,24 @@ def test_sparse_builders_give_the_listed_matrices():
                        [[(1, 2, 0.5)], [(3, 0, -1.0)]], torch.float64, block=[[0], [0, 1]])
     assert bank.block.tolist() == [[0, 0], [0, 1]] and bank.num_heads == 2
     assert math.isclose(float(bank.alpha.sum()), 4.0)  # default: one head per group, every block scaled by 1
+
+
+def test_cached_sectors_and_columns_follow_new_and_edited_coefficients(gen):
+    """The sector table and the column list are cached; replacing or editing α, c or the rows must refresh them."""
+    D, G, H = 6, 2, 10
+    bank = sparse_bank(D, [[(0, 1.0), (1, 1.0)]] * G, [[(2, 1.0), (3, 1.0)]] * G, [[(4, 5, 1.0)]] * G,
+                       torch.float64, alpha=rnd(gen, G, H, 2), c=rnd(gen, G, H), block=[[0, 1]] * G)
+    h = rnd(gen, 1, 4, D)
+    h[:, :, 2:4] = h[:, :1, 2:4]
+    layer = ReLUAttention(bank)
+    for step in range(3):
+        np.testing.assert_allclose(layer(h).numpy(), attention_ref(h, *bank.dense(), False), rtol=1e-12, atol=1e-12)
+        if step == 0:
+            bank.c = torch.nn.Parameter(rnd(gen, G, H), requires_grad=False)  # a new tensor
+        else:
+            with torch.no_grad():
+                bank.alpha.mul_(-1.5)  # edited in place
+    assert bank.k.columns().tolist() == [2, 3]
+    with torch.no_grad():
+        bank.k.coef[:, 1] = 0.0  # coordinate 3 is no longer read
+    assert bank.k.columns().tolist() == [2]

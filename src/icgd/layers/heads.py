@@ -63,6 +63,17 @@ def _gather_last(h: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.gather(h, -1, idx.expand(*h.shape[:-1], idx.numel()))
 
 
+def _cache_key(*tensors: torch.Tensor) -> tuple:
+    """What a cache derived from `tensors` depends on: the tensor objects themselves (held, so that no new tensor can
+    take their place in memory while the cache lives) and their in-place version counters."""
+    return tensors, tuple(t._version for t in tensors)
+
+
+def _same_key(old: tuple | None, new: tuple) -> bool:
+    return old is not None and len(old[0]) == len(new[0]) and all(a is b for a, b in zip(old[0], new[0])) \
+        and old[1] == new[1]
+
+
 def _param(t: torch.Tensor, trainable: bool) -> nn.Parameter:
     return nn.Parameter(t, requires_grad=trainable)
 
@@ -112,8 +123,8 @@ class RowMap(nn.Module):
         return None if self.is_dense else self._column_runs()[0]
 
     def _column_runs(self) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        key = tuple((t.data_ptr(), t._version, t.device) for t in (self.idx, self.coef))
-        if getattr(self, "_columns_key", None) != key:
+        key = _cache_key(self.idx, self.coef)
+        if not _same_key(getattr(self, "_columns_key", None), key):
             cols = torch.unique(self.idx[self.coef.detach() != 0])
             runs: list[tuple[int, int]] = []
             for c in cols.tolist():
@@ -277,8 +288,8 @@ class HeadBank(nn.Module):
         G, H, nb = self.alpha.shape
         if nb > 2 or H < SECTOR_MIN_HEADS or self.alpha.requires_grad or self.c.requires_grad:
             return None
-        key = tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in (self.alpha, self.c))
-        if getattr(self, "_sectors_key", None) != key:
+        key = _cache_key(self.alpha, self.c)
+        if not _same_key(getattr(self, "_sectors_key", None), key):
             self._sectors, self._sectors_key = relu_sectors(self.alpha.detach(), self.c.detach()), key
         return self._sectors
 
