@@ -188,7 +188,10 @@ def test_constructions_are_transformers_with_hooks(gen):
     assert isinstance(model, Transformer)
     tokens, _ = model.tokens_for(X, Y, Xq)
     _, cache = model.run_with_cache(tokens)
-    assert set(cache) == {f"layers.{i}.hook_{k}" for i in range(2) for k in ("in", "out")}
+    resid = {f"blocks.{i}.hook_resid_{k}" for i in range(2) for k in ("pre", "post")}
+    assert set(cache) == resid | {f"layers.{i}.hook_{k}" for i in range(2) for k in ("pattern", "z")}
+    assert torch.allclose(cache["blocks.1.hook_resid_post"] - cache["blocks.1.hook_resid_pre"],
+                          cache["layers.1.hook_z"].sum(2), atol=1e-12)
 
 
 @pytest.mark.parametrize("call,err", [

@@ -212,11 +212,18 @@ def test_hook_names_and_cache_order():
     model = small_model("relu")
     X, Y = prompt()
     _, cache = model.run_with_cache(X, Y)
-    per_block = ["hook_resid_pre", "attn.hook_pattern", "hook_attn_out", "hook_resid_mid", "hook_mlp_out",
-                 "hook_resid_post"]
+    per_block = ["hook_resid_pre", "attn.hook_pattern", "attn.hook_z", "hook_attn_out", "hook_resid_mid",
+                 "hook_mlp_out", "hook_resid_post"]
     expected = ["hook_embed"] + [f"blocks.{i}.{h}" for i in range(2) for h in per_block] + ["hook_resid_final"]
     assert list(cache) == expected
     assert sorted(model.hook_names()) == sorted(expected)
+    for name in expected:  # hook names are module paths
+        assert model.get_submodule(name) is model.hook_points()[name]
+    # hook_z holds the per-head outputs: c_proj of their concatenation is the attention output
+    z = cache["blocks.0.attn.hook_z"]
+    assert z.shape == (3, 12, 2, 8)
+    attn = model.blocks[0].attn
+    torch.testing.assert_close(attn.c_proj(z.flatten(2)), cache["blocks.0.hook_attn_out"], rtol=1e-12, atol=1e-12)
     assert cache["resid_post", -1] is cache["blocks.1.hook_resid_post"]
     assert cache["pattern", 0].shape == (3, 2, 12, 12)
     _, few = model.run_with_cache(X, Y, names_filter=lambda name: name.endswith("resid_post"))
@@ -298,6 +305,7 @@ def test_loop_hook_names_carry_the_pass():
     assert "loop.1.blocks.0.hook_resid_post" in cache and "loop.0.hook_embed" in cache
     assert "loop.1.hook_embed" not in cache
     assert cache["resid_post", 0, 1] is cache["loop.1.blocks.0.hook_resid_post"]
+    assert model.get_submodule("loop.1.blocks.0.hook_resid_post") is model.blocks[0].hook_resid_post
     seen = []
     model.run_with_hooks(X, Y, fwd_hooks=[("blocks.0.hook_resid_pre", lambda a, n: seen.append(n)),
                                           ("loop.1.blocks.0.hook_attn_out", lambda a, n: seen.append(n))])
@@ -411,13 +419,23 @@ def test_lsa_queries_are_independent_and_hooks():
     xq2[:, 0] += 1
     torch.testing.assert_close(lsa(X, Y, xq2)[:, 1:], base[:, 1:], rtol=0, atol=1e-15)
     out, cache = lsa.run_with_cache(X, Y, xq)
-    assert list(cache) == [f"blocks.{i}.{h}" for i in range(2)
-                           for h in ("hook_resid_pre", "attn.hook_pattern", "hook_resid_post")]
+    assert list(cache) == [f"{where}.{i}.{h}" for i in range(2) for where, h in
+                           (("blocks", "hook_resid_pre"), ("layers", "hook_pattern"), ("layers", "hook_z"),
+                            ("blocks", "hook_resid_post"))]
+    torch.testing.assert_close(cache["layers.1.hook_z"].sum(2),
+                               cache["blocks.1.hook_resid_post"] - cache["blocks.1.hook_resid_pre"])
     assert cache["pattern", 1].shape == (5, 1, 12, 9)
     torch.testing.assert_close(-cache["resid_post", -1][:, 9:, 4:], out)
     # editing the last pattern to zero leaves the query y-slot at its input value 0
-    zeroed = lsa.run_with_hooks(X, Y, xq, fwd_hooks=[("blocks.1.attn.hook_pattern", lambda a, n: a * 0)])
+    zeroed = lsa.run_with_hooks(X, Y, xq, fwd_hooks=[("layers.1.hook_pattern", lambda a, n: a * 0)])
     torch.testing.assert_close(zeroed, -cache["resid_post", 0][:, 9:, 4:])
+    # a shared LSA is one block looped n_layer times: names carry the application
+    shared = LSA(4, n_layer=3, shared=True, generator=torch.Generator().manual_seed(0)).to(F64)
+    out, cache = shared.run_with_cache(X, Y, xq)
+    assert [k for k in cache if k.endswith("hook_resid_post")] == [f"loop.{i}.blocks.0.hook_resid_post"
+                                                                   for i in range(3)]
+    torch.testing.assert_close(-cache["resid_post", 0, 2][:, 9:, 4:], out)
+    assert shared.get_submodule("loop.2.layers.0.hook_pattern") is shared.layers[0].hook_pattern
 
 
 def test_lsa_init_and_errors():

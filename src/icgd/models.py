@@ -11,8 +11,9 @@ ICLR 2024, "looped transformers").
 tokens with query tokens ``(x_q, 0)``; its layers are those of :func:`icgd.constructions.linear_gd`, so a trained
 LSA can be compared with the GD construction matrix for matrix (:meth:`LSA.weights`).
 
-Both expose TransformerLens-style hook points (:meth:`hook_points`, :meth:`hooks`, :meth:`run_with_hooks`,
-:meth:`run_with_cache`); hook functions are called as ``fn(activation, name)`` and may return a replacement.
+Both are :class:`icgd.hooks.HookedModel`\ s (:meth:`hook_points`, :meth:`hooks`, :meth:`run_with_hooks`,
+:meth:`run_with_cache`; hook names are module paths, listed in :mod:`icgd.hooks`); hook functions are called as
+``fn(activation, name)`` and may return a replacement.
 
 Shapes: B prompts, n context points, m queries, T tokens, E = n_embd, H heads, dh = E / H.
 """
@@ -20,8 +21,7 @@ Shapes: B prompts, n context points, m queries, T tokens, E = n_embd, H heads, d
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from functools import cached_property
 
@@ -30,10 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from icgd._checks import as_float_tensor, check_last_dim, positive_float, positive_int
-from icgd.errors import ICGDError, ShapeError, SpecError
-from icgd.layers.transformer import HookPoint
-
-HookFn = Callable[[torch.Tensor, str], torch.Tensor | None]
+from icgd.errors import ShapeError, SpecError
+from icgd.hooks import HookedModel, HookPoint
 
 ATTENTION_KINDS = ("softmax", "relu", "linear")
 TOKEN_FORMATS = ("interleaved", "concat")
@@ -42,124 +40,6 @@ TOKEN_FORMATS = ("interleaved", "concat")
 MLP_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "relu": nn.ReLU,
 }
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# hooks shared by both models
-
-
-class ModelCache(dict):
-    """Activations by full hook name; ``cache["resid_post", 3]``, ``cache["pattern", -1]`` and, for looped models,
-    ``cache["resid_post", 3, k]`` (pass k) are shorthands in the style of TransformerLens."""
-
-    def __init__(self, *args, n_layer: int = 0, looped: bool = False):
-        super().__init__(*args)
-        self.n_layer, self.looped = n_layer, looped
-
-    def __getitem__(self, key):
-        if isinstance(key, tuple):
-            kind, layer, *rest = key
-            layer = layer % self.n_layer if self.n_layer else layer
-            name = f"blocks.{layer}.attn.hook_pattern" if kind == "pattern" else f"blocks.{layer}.hook_{kind}"
-            if self.looped:
-                name = f"loop.{rest[0] if rest else 0}.{name}"
-            key = name
-        return super().__getitem__(key)
-
-
-class HookedModel(nn.Module):
-    """Hook dispatch in the spirit of TransformerLens's ``HookedRootModule``.
-
-    Every :class:`~icgd.layers.HookPoint` is named by its module path (``blocks.2.attn.hook_pattern``). A model
-    whose forward pass runs its blocks several times (``loop > 1``) sets :attr:`_prefix` to ``"loop.{k}."``
-    during pass k: full hook names then carry that prefix, and a hook registered under a plain name fires on
-    every pass while one registered under ``loop.{k}.…`` fires on pass k only.
-    """
-
-    _passes: int = 1
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._prefix = ""
-
-    def _name_hook_points(self) -> None:
-        for name, mod in self.named_modules():
-            if isinstance(mod, HookPoint):
-                mod.name = name
-
-    def hook_points(self) -> dict[str, HookPoint]:
-        """Hook points by module path (without loop prefix)."""
-        return {name: mod for name, mod in self.named_modules() if isinstance(mod, HookPoint)}
-
-    def _prefixes(self) -> list[str]:
-        return [""] if self._passes == 1 else [f"loop.{k}." for k in range(self._passes)]
-
-    def hook_names(self) -> list[str]:
-        """Every full hook name a forward pass can produce."""
-        return [p + name for p in self._prefixes() for name in self.hook_points()]
-
-    def _resolve(self, name: str) -> tuple[str, str | None]:
-        """``name`` → (hook-point path, the pass prefix it is restricted to or None for every pass)."""
-        points, prefix = self.hook_points(), None
-        if name.startswith("loop."):
-            head, _, rest = name[5:].partition(".")
-            if not head.isdigit() or int(head) >= self._passes:
-                raise ICGDError(f"no hook point {name!r}: this model runs {self._passes} pass(es), "
-                                f"so loop prefixes go from 'loop.0.' to 'loop.{self._passes - 1}.'")
-            prefix, name = (f"loop.{head}." if self._passes > 1 else ""), rest
-        if name not in points:
-            example = next(iter(points), "blocks.0.hook_resid_post")
-            raise ICGDError(f"no hook point {name!r}; names look like {example!r} (see model.hook_names())")
-        return name, prefix
-
-    @contextmanager
-    def hooks(self, fwd_hooks: Iterable[tuple[str, HookFn]]) -> Iterator[HookedModel]:
-        """Attach ``(name, fn)`` hooks for the duration of the block. ``fn(activation, full_name)`` may return a
-        replacement activation. Hooks are always removed on exit."""
-        points, handles = self.hook_points(), []
-
-        def wrap(fn: HookFn, only: str | None):
-            def hook(mod, args, out):
-                if only is not None and self._prefix != only:
-                    return None
-                return fn(out, self._prefix + mod.name)
-            return hook
-
-        try:
-            for name, fn in fwd_hooks:
-                path, only = self._resolve(name)
-                handles.append(points[path].register_forward_hook(wrap(fn, only)))
-            yield self
-        finally:
-            for h in handles:
-                h.remove()
-
-    def run_with_hooks(self, *inputs, fwd_hooks: Iterable[tuple[str, HookFn]]) -> torch.Tensor:
-        """``self(*inputs)`` with the hooks attached."""
-        with self.hooks(fwd_hooks):
-            return self(*inputs)
-
-    def run_with_cache(self, *inputs, names_filter: Callable[[str], bool] | None = None
-                       ) -> tuple[torch.Tensor, ModelCache]:
-        """The output and every hooked activation (detached), keyed by full hook name in execution order.
-
-        Caching ``attn.hook_pattern`` makes softmax attention materialise its ``(B, H, T, T)`` weights instead of
-        using the fused kernel; filter it out (``names_filter``) for a cheaper cache."""
-        cache = ModelCache(n_layer=len(getattr(self, "blocks", [])), looped=self._passes > 1)
-
-        def save(act: torch.Tensor, name: str) -> None:
-            if names_filter is None or names_filter(name):
-                cache[name] = act.detach()
-
-        wanted = [path for path in self.hook_points()
-                  if names_filter is None or any(names_filter(p + path) for p in self._prefixes())]
-        out = self.run_with_hooks(*inputs, fwd_hooks=[(path, save) for path in wanted])
-        return out, cache
-
-
-def _hooked(point: HookPoint) -> bool:
-    """Whether anything listens to `point` (then activations that are normally fused away are materialised)."""
-    return bool(point._forward_hooks)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -250,7 +130,7 @@ class Visibility:
 
 def softmax_attention(q, k, v, vis: Visibility, hook: HookPoint) -> torch.Tensor:
     """``softmax(q kᵀ/√dh) v`` over the visible keys; the fused SDPA kernel unless `hook` listens."""
-    if not _hooked(hook):
+    if not hook.active:
         if vis.is_causal:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=vis.allowed)
@@ -270,7 +150,7 @@ def _scores(q, k, vis: Visibility) -> torch.Tensor:
 def _normalised(att, v, vis: Visibility, hook: HookPoint) -> torch.Tensor:
     """``pattern @ v`` with pattern = att · (1/√dh) / (number of visible keys)."""
     scale = vis.inv_count * (1.0 / math.sqrt(v.shape[-1]))  # (T, 1)
-    if _hooked(hook):  # materialise the pattern actually applied to the values
+    if hook.active:  # materialise the pattern actually applied to the values
         return hook(att * scale) @ v
     return (att @ v).mul_(scale)  # scale the (T, dh) output, not the (T, T) scores
 
@@ -300,7 +180,8 @@ class SelfAttention(nn.Module):
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.attend = ATTENTION[cfg.attention]
-        self.hook_pattern = HookPoint("")  # (B, H, T, T), only when hooked
+        self.hook_pattern = HookPoint()  # (B, H, T, T), only when hooked
+        self.hook_z = HookPoint()  # (B, T, H, dh): per-head output before c_proj
 
     def forward(self, x: torch.Tensor, vis: Visibility, keep: slice | None = None) -> torch.Tensor:
         """Attention output of every token, or of the query tokens `keep` only (all tokens stay keys)."""
@@ -312,7 +193,7 @@ class SelfAttention(nn.Module):
         if keep is not None:
             q, vis = q[:, :, keep], vis.rows(keep)
         y = self.attend(q, k, v, vis, self.hook_pattern)  # (B, H, T_q, dh)
-        return self.c_proj(y.transpose(1, 2).reshape(B, q.shape[2], E))
+        return self.c_proj(self.hook_z(y.transpose(1, 2)).reshape(B, q.shape[2], E))
 
 
 class MLP(nn.Module):
@@ -352,11 +233,11 @@ class Block(nn.Module):
         self.attn = SelfAttention(cfg)
         self.ln_2 = _norm(cfg) if cfg.mlp else None
         self.mlp = MLP(cfg) if cfg.mlp else None
-        self.hook_resid_pre = HookPoint("")  # (B, T, E)
-        self.hook_attn_out = HookPoint("")  # (B, T, E)
-        self.hook_resid_mid = HookPoint("")  # (B, T, E), only with an MLP
-        self.hook_mlp_out = HookPoint("")  # (B, T, E), only with an MLP
-        self.hook_resid_post = HookPoint("")  # (B, T, E)
+        self.hook_resid_pre = HookPoint()  # (B, T, E)
+        self.hook_attn_out = HookPoint()  # (B, T, E)
+        self.hook_resid_mid = HookPoint()  # (B, T, E), only with an MLP
+        self.hook_mlp_out = HookPoint()  # (B, T, E), only with an MLP
+        self.hook_resid_post = HookPoint()  # (B, T, E)
 
     def forward(self, x: torch.Tensor, vis: Visibility, keep: slice | None = None) -> torch.Tensor:
         """The block on every token, or, with `keep`, only the outputs of those tokens (the last block of a model
@@ -405,9 +286,9 @@ class ICLTransformer(HookedModel):
     2024); with ``loop_inject`` the embedded input is added to the residual stream before every pass after the
     first (their ``z ← f(z + x)``). :meth:`loop_predictions` reads out after every pass.
 
-    **Hook points** (full names; prefixed by ``loop.{k}.`` when ``loop > 1``): ``hook_embed`` (read-in +
-    positions), ``blocks.{i}.hook_resid_pre``, ``blocks.{i}.attn.hook_pattern`` (B, H, T, T),
-    ``blocks.{i}.hook_attn_out``, ``blocks.{i}.hook_resid_mid``, ``blocks.{i}.hook_mlp_out``,
+    **Hook points** (:mod:`icgd.hooks`; full names, prefixed by ``loop.{k}.`` when ``loop > 1``): ``hook_embed``
+    (read-in + positions), ``blocks.{i}.hook_resid_pre``, ``blocks.{i}.attn.hook_pattern`` (B, H, T, T),
+    ``blocks.{i}.attn.hook_z`` (B, T, H, dh: the head outputs before ``c_proj``), ``blocks.{i}.hook_attn_out``, ``blocks.{i}.hook_resid_mid``, ``blocks.{i}.hook_mlp_out``,
     ``blocks.{i}.hook_resid_post``, ``hook_resid_final`` (before the final LayerNorm, once per pass);
     ``hook_embed`` fires once, in pass 0. Softmax attention weights are only materialised when a hook
     listens to ``hook_pattern`` (SDPA does not expose them); ReLU/linear patterns are normalised weights.
@@ -428,9 +309,9 @@ class ICLTransformer(HookedModel):
         self._passes = cfg.loop
         self.read_in = nn.Linear(cfg.token_dim, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.tokens_per_point * cfg.max_points, cfg.n_embd)
-        self.hook_embed = HookPoint("")  # (B, T, E)
+        self.hook_embed = HookPoint()  # (B, T, E)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.hook_resid_final = HookPoint("")  # (B, T, E)
+        self.hook_resid_final = HookPoint()  # (B, T, E)
         self.ln_f = _norm(cfg)
         self.read_out = nn.Linear(cfg.n_embd, cfg.d_out)
         self._name_hook_points()
@@ -536,7 +417,7 @@ class ICLTransformer(HookedModel):
         if out == slice(0, T, 1):
             return False
         points = [self.hook_resid_final, *(m for m in self.blocks[-1].modules() if isinstance(m, HookPoint))]
-        return not any(_hooked(p) for p in points)
+        return not any(p.active for p in points)
 
     def _passes_iter(self, X, Y, x_query) -> Iterator[torch.Tensor]:
         """The residual stream of the prediction tokens after every pass through the blocks."""
@@ -599,19 +480,18 @@ class LSALayer(nn.Module):
         self.W_V = nn.Parameter(torch.empty(n_head, D, D))
         self.P = nn.Parameter(torch.empty(n_head, D, D))
 
-    def forward(self, e: torch.Tensor, n: int, hook_pattern: HookPoint) -> torch.Tensor:
+        self.hook_pattern = HookPoint()  # (B, H, n + m, n): the scores ⟨W_Q e_t, W_K e_s⟩ / n
+        self.hook_z = HookPoint()  # (B, n + m, H, D): head h's update P_h W_V Σ_s att e_s, only when hooked
+
+    def forward(self, e: torch.Tensor, n: int) -> torch.Tensor:
         ctx = e[:, :n]  # (B, n, D): the query tokens are neither keys nor values
         q = torch.einsum("hij,btj->bhti", self.W_Q, e)  # (B, H, T, D)
         k = torch.einsum("hij,bsj->bhsi", self.W_K, ctx)  # (B, H, n, D)
         v = torch.einsum("hij,bsj->bhsi", self.W_V, ctx)  # (B, H, n, D)
-        att = hook_pattern((q @ k.transpose(-2, -1)) * (1.0 / n))  # (B, H, T, n)
+        att = self.hook_pattern((q @ k.transpose(-2, -1)) * (1.0 / n))  # (B, H, T, n)
+        if self.hook_z.active:
+            return e + self.hook_z(torch.einsum("hij,bhtj->bthi", self.P, att @ v)).sum(2)
         return e + torch.einsum("hij,bhtj->bti", self.P, att @ v)
-
-
-class _PatternHook(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.hook_pattern = HookPoint("")  # (B, H, n + m, n)
 
 
 class _LSABlock(nn.Module):
@@ -619,9 +499,8 @@ class _LSABlock(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.hook_resid_pre = HookPoint("")  # (B, n + m, D)
-        self.attn = _PatternHook()
-        self.hook_resid_post = HookPoint("")  # (B, n + m, D)
+        self.hook_resid_pre = HookPoint()  # (B, n + m, D)
+        self.hook_resid_post = HookPoint()  # (B, n + m, D)
 
 
 class LSA(HookedModel):
@@ -637,8 +516,10 @@ class LSA(HookedModel):
     Initialisation: every entry N(0, init_std²), init_std = √(0.002 / D) by default (the paper's code scales its
     init by 0.002).
 
-    Hook points: ``blocks.{i}.hook_resid_pre``, ``blocks.{i}.attn.hook_pattern`` (B, H, n + m, n: the scores
-    ``⟨W_Q e_t, W_K e_s⟩ / n``), ``blocks.{i}.hook_resid_post`` for every application i (also when shared).
+    Hook points (:mod:`icgd.hooks`): ``blocks.{i}.hook_resid_pre``, ``layers.{i}.hook_pattern`` (B, H, n + m, n: the
+    scores ``⟨W_Q e_t, W_K e_s⟩ / n``), ``layers.{i}.hook_z`` (B, n + m, H, D) and ``blocks.{i}.hook_resid_post``.
+    A shared LSA is a looped model with one block: its names carry the application, ``loop.{i}.blocks.0.…`` and
+    ``loop.{i}.layers.0.…``.
     """
 
     def __init__(self, d_in: int, d_out: int = 1, *, n_layer: int, shared: bool = False, n_head: int = 1,
@@ -652,7 +533,8 @@ class LSA(HookedModel):
         self.dim = D = d_in + d_out
         self.init_std = math.sqrt(0.002 / D) if init_std is None else positive_float(init_std, "init_std", True)
         self.layers = nn.ModuleList(LSALayer(D, n_head) for _ in range(1 if shared else n_layer))
-        self.blocks = nn.ModuleList(_LSABlock() for _ in range(n_layer))
+        self.blocks = nn.ModuleList(_LSABlock() for _ in range(len(self.layers)))
+        self._passes = n_layer if shared else 1
         self._name_hook_points()
         self.reset_parameters(generator)
 
@@ -714,9 +596,13 @@ class LSA(HookedModel):
         n = X.shape[1]
         queries = torch.cat((xq, xq.new_zeros(*xq.shape[:2], self.d_out)), dim=-1)
         e = torch.cat((torch.cat((X, Y), dim=-1), queries), dim=1)  # (B, n + m, D)
-        for i, block in enumerate(self.blocks):
-            e = block.hook_resid_pre(e)
-            e = block.hook_resid_post(self.layer(i)(e, n, block.attn.hook_pattern))
+        try:
+            for i in range(self.n_layer):
+                self._prefix = f"loop.{i}." if self._passes > 1 else ""
+                block = self.blocks[0 if self.shared else i]
+                e = block.hook_resid_post(self.layer(i)(block.hook_resid_pre(e), n))
+        finally:
+            self._prefix = ""
         return -e[:, n:, self.d_in:]
 
     def extra_repr(self) -> str:

@@ -22,6 +22,7 @@ from torch import nn
 
 from icgd._checks import positive_int
 from icgd.errors import ShapeError, SpecError
+from icgd.hooks import HookPoint
 from icgd.layers.heads import HeadBank, HeadLayer
 
 _CHUNK_ELEMENTS = 1 << 23  # score elements materialised at once when mixing many heads
@@ -59,6 +60,21 @@ def mix_heads(U: torch.Tensor, alpha: torch.Tensor, c: torch.Tensor, act: Callab
     return out.reshape(B, G, *rest)
 
 
+def _hooked(layer: nn.Module) -> bool:
+    """Whether something listens to the layer's ``hook_pattern`` or ``hook_z``."""
+    return layer.hook_pattern.active or layer.hook_z.active
+
+
+def _bank_forward_hooked(layer: nn.Module, h: torch.Tensor, weights: Callable) -> torch.Tensor:
+    """The forward pass of a head-bank attention layer with every head materialised (only while a hook listens):
+    ``weights(scores (B, M, T, S), mask)`` → pattern, then ``h + Σ_m z_m`` with ``z_m = pattern_m V_m h``."""
+    Q, K, V = layer.heads.dense()  # (M, r, D), (M, r, D), (M, D, D); detached
+    scores = torch.einsum("btd,mrd->bmtr", h, Q) @ torch.einsum("bsd,mrd->bmsr", h, K).transpose(-1, -2)
+    pattern = layer.hook_pattern(weights(scores, key_mask(h, layer.causal, getattr(layer, "key_flag", None))))
+    z = layer.hook_z(torch.einsum("bmts,med,bsd->btme", pattern, V, h))  # (B, T, M, D)
+    return h + z.sum(2)
+
+
 def _invariant(t: torch.Tensor) -> bool:
     """True when every token has exactly the same rows (dimension 1 is the token axis)."""
     return t.shape[1] == 1 or torch.equal(t, t[:, :1].expand_as(t))
@@ -77,6 +93,15 @@ class ReLUAttention(HeadLayer):
 
     def __init__(self, heads: HeadBank, *, causal: bool = False):
         super().__init__(heads, causal=causal)
+        self.hook_pattern = HookPoint()  # (B, M, T, S): relu scores / keys seen, only when hooked
+        self.hook_z = HookPoint()  # (B, T, M, D): per-head update, only when hooked
+
+    def _pattern(self, scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        A = torch.relu(scores)
+        if mask is not None:
+            A = A * mask[:, None]
+        norm = self._norm(scores.shape[-2], scores)
+        return A / (norm[..., 0] if norm.dim() else norm)
 
     def _norm(self, T: int, like: torch.Tensor) -> torch.Tensor:
         """Number of keys each token sees, shaped to divide ``(B, T, G, e)``."""
@@ -85,6 +110,8 @@ class ReLUAttention(HeadLayer):
         return like.new_tensor(float(T))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if _hooked(self):
+            return _bank_forward_hooked(self, h, self._pattern)
         hb = self.heads
         qh, kh, vals = hb.project(h)  # (B, T, G, r), (B, T, G, r), (B, T, G, e)
         T = h.shape[1]
@@ -140,6 +167,8 @@ class _DenseAttention(nn.Module):
         self.W_k = init(n_heads, d_head, dim, fan_in=dim)
         self.W_v = init(n_heads, d_head, dim, fan_in=dim)
         self.W_o = init(n_heads, dim, d_head, fan_in=d_head * n_heads)
+        self.hook_pattern = HookPoint()  # (B, H, T, S): attention weights
+        self.hook_z = HookPoint()  # (B, T, H, D): per-head update W_o^m z_m, only when hooked
 
     @property
     def num_heads(self) -> int:
@@ -155,7 +184,11 @@ class _DenseAttention(nn.Module):
         q = torch.einsum("btd,hed->bhte", h, self.W_q)
         k = torch.einsum("btd,hed->bhte", h, self.W_k)
         v = torch.einsum("btd,hed->bhte", h, self.W_v)
-        z = self.weights(q, k, key_mask(h, self.causal, self.key_flag)) @ v
+        w = self.weights(q, k, key_mask(h, self.causal, self.key_flag))
+        if _hooked(self):
+            z = self.hook_z(torch.einsum("bhts,bhse,hde->bthd", self.hook_pattern(w), v, self.W_o))
+            return h + z.sum(2)
+        z = w @ v
         return h + torch.einsum("bhte,hde->btd", z, self.W_o)
 
     def extra_repr(self) -> str:
@@ -297,6 +330,14 @@ class SparseSoftmaxAttention(SoftmaxAttention):
         self.heads = heads
         self.dim, self.d_head = heads.dim, heads.q.rows
         self.causal, self.key_flag = causal, key_flag
+        self.hook_pattern = HookPoint()  # (B, M, T, S): softmax weights per head, only when hooked
+        self.hook_z = HookPoint()  # (B, T, M, D): per-head update, only when hooked
+
+    @staticmethod
+    def _pattern(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if mask is None:
+            return torch.softmax(scores, dim=-1)
+        return torch.softmax(scores.masked_fill(~mask[:, None], float("-inf")), dim=-1).nan_to_num(0.0)
 
     @property
     def num_heads(self) -> int:
@@ -309,6 +350,8 @@ class SparseSoftmaxAttention(SoftmaxAttention):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if h.dim() != 3 or h.shape[-1] != self.dim:
             raise ShapeError(f"tokens must be (B, T, {self.dim}), got {tuple(h.shape)}")
+        if _hooked(self):
+            return _bank_forward_hooked(self, h, self._pattern)
         hb = self.heads
         qh, kh, vals = hb.project(h)  # (B, T, G, r), (B, T, G, r), (B, T, G, e)
         unmasked = not self.causal and self.key_flag is None
