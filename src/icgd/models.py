@@ -11,7 +11,7 @@ ICLR 2024, "looped transformers").
 tokens with query tokens ``(x_q, 0)``; its layers are those of :func:`icgd.constructions.linear_gd`, so a trained
 LSA can be compared with the GD construction matrix for matrix (:meth:`LSA.weights`).
 
-Both are :class:`icgd.hooks.HookedModel`\ s (:meth:`hook_points`, :meth:`hooks`, :meth:`run_with_hooks`,
+Both are hooked models (:class:`icgd.hooks.HookedModel`: :meth:`hook_points`, :meth:`hooks`, :meth:`run_with_hooks`,
 :meth:`run_with_cache`; hook names are module paths, listed in :mod:`icgd.hooks`); hook functions are called as
 ``fn(activation, name)`` and may return a replacement.
 
