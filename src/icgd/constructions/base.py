@@ -43,6 +43,32 @@ def context_size(layout: Layout, tokens: torch.Tensor) -> int:
     return n
 
 
+def prompt_size(layout: Layout, h: torch.Tensor) -> tuple[int, int]:
+    """``(n, T)``: the number of context tokens (``t = 1``, the same in every prompt) and of all tokens."""
+    return context_size(layout, h), h.shape[1]
+
+
+class StepScale(nn.Module):
+    """The value coefficients ``c = fixed + (−ηT/(2n)) · sign`` of a GD-step layer, for n context tokens out of T,
+    computed from the tokens of every call (attention averages over all T tokens, the loss over the n context
+    points, hence the factor T/n); `sign` defaults to the layer's own (never changed) ``heads.c``. Used as a
+    layer's ``coefficients`` (:func:`icgd.layers.heads.bank_for`): the layer's parameters never change, so
+    ``state_dict()`` does not depend on the last prompt."""
+
+    def __init__(self, layout: Layout, eta: float, sign: torch.Tensor | None = None,
+                 fixed: torch.Tensor | None = None):
+        super().__init__()
+        self.layout, self.eta = layout, eta
+        self.register_buffer("sign", sign, persistent=False)
+        self.register_buffer("fixed", fixed, persistent=False)
+
+    def forward(self, h: torch.Tensor, bank) -> dict[str, torch.Tensor]:
+        n, T = prompt_size(self.layout, h)
+        scale = -self.eta * T / (2.0 * n)
+        sign = bank.c if self.sign is None else self.sign
+        return {"c": sign * scale if self.fixed is None else self.fixed + scale * sign}
+
+
 class PromptModel(Transformer):
     """A transformer on prompt tokens laid out by `layout`, answering in the query tokens' `answer` slot."""
 
@@ -52,14 +78,6 @@ class PromptModel(Transformer):
         self.layout, self.d_in, self.d_out, self.answer, self.sign = layout, d_in, d_out, answer, sign
         self.dtype = dtype
         self.roles = list(roles) if roles is not None else [type(m).__name__ for m in layers]
-
-    def _prepare(self, tokens: torch.Tensor) -> None:
-        """Called before every forward pass (constructions whose weights depend on the prompt size set them)."""
-
-    def forward(self, tokens: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        self._check(tokens)
-        self._prepare(tokens)
-        return super().forward(tokens, start, stop)
 
     def check_prompt(self, X, Y, x_query) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
         """Validated, batched ``X (B, n, d_in)``, ``Y (B, n, d_out)``, ``x_query (B, m, d_in)`` in the model's dtype,

@@ -52,12 +52,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import nn
 
 from icgd._checks import as_float_tensor, batched, positive_float, positive_int
 from icgd.constructions.fits import ReluFit, activation_fits
 from icgd.errors import FitRangeError, ShapeError, SpecError
-from icgd.constructions.base import context_size
+from icgd.constructions.base import StepScale
 from icgd.layers import EWML, MLP, HeadBank, ReLUAttention, RowMap, Transformer, ValueMap
 from icgd.memory import MemoryEstimate
 from icgd.nets import NetSpec, check_prompt, unflatten
@@ -371,27 +370,12 @@ class ConstructedICGD(Transformer):
         self.fits = fits
         self.block_size = len(block)
         self.roles = roles * steps + ([f"readout {j}" for j in range(1, N + 1)] if readout else [])
-        self._step_layer: ReLUAttention = block[-2]
-        self.register_buffer("_step_sign", self._step_layer.heads.c.detach().clone(), persistent=False)
-        self._prompt_size: tuple[int, int] | None = None
+        step: ReLUAttention = block[-2]
+        # the step's value scale −ηT/(2n) (paper: −η(n+1)/(2n)) for n context tokens out of T, per call
+        step.coefficients = StepScale(layout, eta)
+        self.register_buffer("_step_sign", step.heads.c.detach().clone(), persistent=False)  # device marker
 
     # ----------------------------------------------------------------------------------------------- running
-
-    def _set_prompt_size(self, n: int, T: int) -> None:
-        """The step layer's value scale −ηT/(2n) (paper: −η(n+1)/(2n)) for n context tokens out of T."""
-        if self._prompt_size == (n, T):
-            return
-        c = self._step_sign * (-self.eta * T / (2.0 * n))
-        self._step_layer.heads.c = nn.Parameter(c, requires_grad=False)
-        self._prompt_size = (n, T)
-
-    def _prepare(self, tokens: torch.Tensor) -> None:
-        self._set_prompt_size(context_size(self.layout, tokens), tokens.shape[1])
-
-    def forward(self, tokens: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        self._check(tokens)
-        self._prepare(tokens)
-        return super().forward(tokens, start, stop)
 
     def _check_range(self, tokens: torch.Tensor, step: int) -> None:
         """Raise if a pre-activation of the current step left its fit interval (uses p̄ read from the tokens)."""
@@ -437,7 +421,6 @@ class ConstructedICGD(Transformer):
         return tokens, single
 
     def _run(self, tokens: torch.Tensor, record: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        self._prepare(tokens)
         N, S = self.spec.depth, self.block_size
         ws = [tokens[:, 0, self.layout.slice("w")]]
         h = tokens

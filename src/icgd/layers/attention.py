@@ -23,7 +23,7 @@ from torch import nn
 from icgd._checks import positive_int
 from icgd.errors import ShapeError, SpecError
 from icgd.hooks import HookPoint
-from icgd.layers.heads import HeadBank, HeadLayer
+from icgd.layers.heads import HeadBank, HeadLayer, bank_for
 
 _CHUNK_ELEMENTS = 1 << 23  # score elements materialised at once when mixing many heads
 
@@ -68,7 +68,7 @@ def _hooked(layer: nn.Module) -> bool:
 def _bank_forward_hooked(layer: nn.Module, h: torch.Tensor, weights: Callable) -> torch.Tensor:
     """The forward pass of a head-bank attention layer with every head materialised (only while a hook listens):
     ``weights(scores (B, M, T, S), mask)`` → pattern, then ``h + Σ_m z_m`` with ``z_m = pattern_m V_m h``."""
-    Q, K, V = layer.heads.dense()  # (M, r, D), (M, r, D), (M, D, D); detached
+    Q, K, V = bank_for(layer, h).dense()  # (M, r, D), (M, r, D), (M, D, D); detached
     scores = torch.einsum("btd,mrd->bmtr", h, Q) @ torch.einsum("bsd,mrd->bmsr", h, K).transpose(-1, -2)
     pattern = layer.hook_pattern(weights(scores, key_mask(h, layer.causal, getattr(layer, "key_flag", None))))
     z = layer.hook_z(torch.einsum("bmts,med,bsd->btme", pattern, V, h))  # (B, T, M, D)
@@ -112,7 +112,7 @@ class ReLUAttention(HeadLayer):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if _hooked(self):
             return _bank_forward_hooked(self, h, self._pattern)
-        hb = self.heads
+        hb = bank_for(self, h)
         qh, kh, vals = hb.project(h)  # (B, T, G, r), (B, T, G, r), (B, T, G, e)
         T = h.shape[1]
         norm = self._norm(T, h)
@@ -352,7 +352,7 @@ class SparseSoftmaxAttention(SoftmaxAttention):
             raise ShapeError(f"tokens must be (B, T, {self.dim}), got {tuple(h.shape)}")
         if _hooked(self):
             return _bank_forward_hooked(self, h, self._pattern)
-        hb = self.heads
+        hb = bank_for(self, h)
         qh, kh, vals = hb.project(h)  # (B, T, G, r), (B, T, G, r), (B, T, G, e)
         unmasked = not self.causal and self.key_flag is None
         if unmasked and _invariant(qh):

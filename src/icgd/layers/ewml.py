@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from icgd.layers.attention import mix_heads
-from icgd.layers.heads import HeadLayer
+from icgd.layers.heads import HeadLayer, bank_for
 
 
 class EWML(HeadLayer):
@@ -14,7 +14,7 @@ class EWML(HeadLayer):
     MLPs cannot do exactly (Wu et al. Remark 3)."""
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        hb = self.heads
+        hb = bank_for(self, h)
         qh, kh, vals = hb.project(h)
         U = torch.einsum("btgr,btgr,grn->bgnt", qh, kh, hb.onehot)  # self scores per row block
         coef = mix_heads(U, hb.alpha, hb.c, None)  # (B, G, T)

@@ -196,8 +196,35 @@ class HeadBank(nn.Module):
         return self.q(h), self.k(h), self.v.read(h)
 
 
+class BankView:
+    """A :class:`HeadBank` seen with other head coefficients ``alpha`` and/or ``c`` for one call (the bank itself is
+    not changed); everything else is the bank's."""
+
+    def __init__(self, bank: HeadBank, alpha: torch.Tensor | None = None, c: torch.Tensor | None = None):
+        self._bank = bank
+        self.alpha = bank.alpha if alpha is None else alpha
+        self.c = bank.c if c is None else c
+
+    def __getattr__(self, name: str):
+        return getattr(self._bank, name)
+
+    def dense(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return HeadBank.dense(self)
+
+
+def bank_for(layer: nn.Module, h: torch.Tensor) -> HeadBank | BankView:
+    """The heads of `layer` for the input `h`: ``layer.heads``, or, when the layer has ``coefficients`` (a module
+    mapping the tokens and the bank to ``{"alpha": …, "c": …}``, e.g. a GD step whose size depends on the number
+    of context tokens), a :class:`BankView` with those coefficients. Nothing is stored between calls."""
+    coefficients = getattr(layer, "coefficients", None)
+    return layer.heads if coefficients is None else BankView(layer.heads, **coefficients(h, layer.heads))
+
+
 class HeadLayer(nn.Module):
-    """Base of the layers whose heads live in a :class:`HeadBank` (ReLU attention, EWML)."""
+    """Base of the layers whose heads live in a :class:`HeadBank` (ReLU attention, EWML).
+
+    ``coefficients`` (optional child module) gives prompt-dependent head coefficients per call (:func:`bank_for`).
+    """
 
     def __init__(self, heads: HeadBank, **options):
         super().__init__()

@@ -211,7 +211,6 @@ class Trainer:
     world: int = 1
 
     def __post_init__(self) -> None:
-        torch.manual_seed(self.cfg.seed)  # only for code paths outside icgd that draw from the global RNG
         self.task = build_task(self.cfg)
         self.model = build_model(self.cfg)
         self.module = self.model
