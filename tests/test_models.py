@@ -450,3 +450,36 @@ def test_lsa_init_and_errors():
         LSA(3, n_layer=1).weights(1)
     with pytest.raises(ShapeError, match="x_query"):
         LSA(3, n_layer=1)(torch.randn(2, 4, 3), torch.randn(2, 4, 1), torch.randn(2, 3))
+
+
+def test_config_form_equals_keyword_form_and_every_option_is_a_train_key():
+    """ICLTransformer(config) and the keyword form build the same model; every model option is a TrainConfig key
+    and build_model passes it through (a non-default value of each changes the built model)."""
+    import dataclasses
+
+    from icgd.models import ICLTransformerConfig
+    from icgd.train import TrainConfig
+    from icgd.train.loop import build_model
+
+    cfg = ICLTransformerConfig(3, 1, n_layer=2, n_head=2, n_embd=16, max_points=12, d_mlp=24, mlp_activation="relu")
+    a = ICLTransformer(cfg, generator=torch.Generator().manual_seed(1))
+    b = ICLTransformer(3, 1, n_layer=2, n_head=2, n_embd=16, max_points=12, d_mlp=24, mlp_activation="relu",
+                       generator=torch.Generator().manual_seed(1))
+    assert a.config == b.config
+    for (na, pa), (nb, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert na == nb and torch.equal(pa, pb)
+    with pytest.raises(SpecError, match="n_embd"):
+        ICLTransformer(3, n_layer=2, n_head=2)
+    with pytest.raises(SpecError, match="unknown ICLTransformer option"):
+        ICLTransformer(3, n_layer=2, n_head=2, n_embd=16, widht=3)
+    renamed = {"max_points": "n_points"}
+    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    for f in dataclasses.fields(ICLTransformerConfig):
+        assert renamed.get(f.name, f.name) in train_keys, f.name
+    base = TrainConfig(d_in=3, n_layer=1, n_head=2, n_embd=16, n_points=6, eval_prompts=8)
+    changed = {"d_mlp": 24, "mlp_activation": "relu", "loop": 2, "loop_inject": True}
+    for key, value in changed.items():
+        extra = {"loop": 2} if key == "loop_inject" else {}
+        model = build_model(dataclasses.replace(base, **extra, **{key: value}))
+        assert getattr(model.config, key) == value
+    assert build_model(dataclasses.replace(base, d_mlp=24)).blocks[0].mlp.c_fc.out_features == 24

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from functools import cached_property
 
 import torch
@@ -48,7 +48,10 @@ MLP_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 
 @dataclass(frozen=True)
 class ICLTransformerConfig:
-    """Hyper-parameters of :class:`ICLTransformer`; ``ICLTransformer(**asdict(config))`` rebuilds the model."""
+    """Hyper-parameters of :class:`ICLTransformer` (nanoGPT's ``GPTConfig``): ``ICLTransformer(config)`` builds the
+    model, and ``ICLTransformer(d_in, d_out, n_layer=…, n_head=…, n_embd=…, …)`` takes the same fields as keywords.
+    Every field is also a key of :class:`icgd.train.TrainConfig` (``icgd train --set``), with ``max_points`` =
+    ``n_points`` and ``d_mlp = 0`` for the default width."""
 
     d_in: int
     d_out: int = 1
@@ -297,14 +300,22 @@ class ICLTransformer(HookedModel):
     biases 0, LayerNorm (1, 0); pass a ``torch.Generator`` for a reproducible init.
     """
 
-    def __init__(self, d_in: int, d_out: int = 1, *, n_layer: int, n_head: int, n_embd: int,
-                 attention: str = "softmax", causal: bool = True, token_format: str = "interleaved",
-                 max_points: int = 101, mlp: bool = True, layernorm: bool = True, loop: int = 1,
-                 loop_inject: bool = False, d_mlp: int | None = None, mlp_activation: str = "gelu",
-                 generator: torch.Generator | None = None):
+    def __init__(self, d_in: int | ICLTransformerConfig, d_out: int = 1, *, generator: torch.Generator | None = None,
+                 **options):
         super().__init__()
-        cfg = ICLTransformerConfig(d_in, d_out, n_layer, n_head, n_embd, attention, causal, token_format,
-                                   max_points, mlp, layernorm, loop, loop_inject, d_mlp, mlp_activation)
+        if isinstance(d_in, ICLTransformerConfig):
+            if options or d_out != 1:
+                raise SpecError("pass either an ICLTransformerConfig or the keyword arguments, not both")
+            cfg = d_in
+        else:
+            missing = [k for k in ("n_layer", "n_head", "n_embd") if k not in options]
+            if missing:
+                raise SpecError(f"ICLTransformer needs {', '.join(missing)} (or an ICLTransformerConfig)")
+            unknown = sorted(set(options) - {f.name for f in fields(ICLTransformerConfig)})
+            if unknown:
+                raise SpecError(f"unknown ICLTransformer option(s) {', '.join(unknown)}; the options are the fields "
+                                f"of ICLTransformerConfig")
+            cfg = ICLTransformerConfig(d_in, d_out, **options)
         self.config = cfg
         self._passes = cfg.loop
         self.read_in = nn.Linear(cfg.token_dim, cfg.n_embd)
