@@ -213,8 +213,10 @@ def test_bad_prompts(gen):
     model = linear_gd(3, eta=0.1)
     with pytest.raises(ShapeError, match="d_in"):
         model.predict(X[..., :2], Y, Xq)
-    with pytest.raises(ShapeError, match="d_out"):
+    with pytest.raises(ShapeError, match="output axis"):
         model.predict(X, Y[..., 0], Xq)
+    with pytest.raises(ShapeError, match="d_out"):
+        model.predict(X, torch.cat([Y, Y], -1), Xq)
     with pytest.raises(NonFiniteError):
         model.predict(X, Y * float("nan"), Xq)
     with pytest.raises(ShapeError, match="labels"):

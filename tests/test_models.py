@@ -368,7 +368,7 @@ def test_bad_arguments():
         model(torch.randn(2, 4, 5), torch.randn(2, 4, 1))
     with pytest.raises(ShapeError, match="output axis"):
         model(torch.randn(2, 4, 3), torch.randn(2, 4))
-    with pytest.raises(ShapeError, match="to match X"):
+    with pytest.raises(ShapeError, match="but X has"):
         model(torch.randn(2, 4, 3), torch.randn(2, 5, 1))
     X, Y = prompt()
     X[0, 0, 0] = float("nan")

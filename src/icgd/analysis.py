@@ -212,14 +212,30 @@ def r2_per_position(pred, target) -> torch.Tensor:
 
     This is the per-position reading of Wu et al. 2025's "mean R-squared value" vs number of in-context examples
     (§5; the paper does not define it: R² over a batch of prompts at each position, then averaged over batches
-    by the caller). `pred`, `target`: ``(B, n)`` or ``(B, n, d_out)`` with B ≥ 2.
+    by the caller). `pred`, `target`: ``(B, n)`` or ``(B, n, d_out)`` with B ≥ 2; `pred` may carry leading axes,
+    ``(..., B, n[, d_out])`` → ``(..., n)`` (e.g. one set of predictions per training epoch). This is icgd's one
+    R² per position (the direct-training baseline scores with it too).
     """
-    a, b = _pred_target(pred, target)
-    if a.shape[0] < 2:
-        raise ShapeError(f"R² per position needs at least 2 prompts in the batch, got shape {tuple(a.shape)}")
-    ss_res = ((a - b) ** 2).sum(0)
+    a, b = _leading(pred, target)
+    if b.shape[0] < 2:
+        raise ShapeError(f"R² per position needs at least 2 prompts in the batch, got shape {tuple(b.shape)}")
+    ss_res = ((a - b) ** 2).sum(-3)
     ss_tot = ((b - b.mean(0, keepdim=True)) ** 2).sum(0)
     return _r2_from_sums(ss_res, ss_tot).mean(-1)
+
+
+def _leading(pred, target) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_pred_target` for a `pred` that may have extra leading axes: ``(..., B, n, d_out)`` and
+    ``(B, n, d_out)``."""
+    p = _tensor(pred, "pred")
+    k = p.dim() - _tensor(target, "target").dim()
+    if k <= 0:
+        return _pred_target(p, target)
+    _, b = _pred_target(p[(0,) * k], target)
+    if tuple(p.shape[k:]) != tuple(_tensor(target, "target").shape):
+        raise ShapeError(f"pred must end with the shape of target, got {tuple(p.shape)} and "
+                         f"{tuple(_tensor(target, 'target').shape)}")
+    return (p if p.dim() - k == 3 else p.unsqueeze(-1)), b
 
 
 def r2_score(pred, target) -> float:

@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from icgd._checks import as_float_tensor, check_last_dim, positive_float, positive_int
+from icgd._checks import as_float_tensor, positive_float, positive_int
 from icgd.errors import ShapeError, SpecError
 from icgd.hooks import HookedModel, HookPoint
+from icgd.tokens import Prompt, check_prompt
 
 ATTENTION_KINDS = ("softmax", "relu", "linear")
 TOKEN_FORMATS = ("interleaved", "concat")
@@ -347,21 +348,11 @@ class ICLTransformer(HookedModel):
 
     # --- inputs ---------------------------------------------------------------------------------------------
 
-    def _check(self, X, Y, x_query) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _check(self, X, Y, x_query) -> Prompt:
+        """The prompt validated by :func:`icgd.tokens.check_prompt`, plus the model's own limits."""
         cfg, p = self.config, self.read_in.weight
-        X = as_float_tensor(X, "X", p.dtype).to(p.device)
-        Y = as_float_tensor(Y, "Y", p.dtype).to(p.device)
-        for name, t in (("X", X), ("Y", Y)):
-            if t.dim() != 3:
-                raise ShapeError(f"{name} must be (batch, n, dim), got shape {tuple(t.shape)}; add a batch axis "
-                                 f"with {name}[None]{' or an output axis with Y[..., None]' if name == 'Y' else ''}")
-        check_last_dim(X, "X", cfg.d_in, "the model's d_in")
-        check_last_dim(Y, "Y", cfg.d_out, "the model's d_out")
-        if Y.shape[:2] != X.shape[:2]:
-            raise ShapeError(f"Y has shape {tuple(Y.shape)}, expected {tuple(X.shape[:2]) + (cfg.d_out,)} to match X")
-        n = X.shape[1]
-        if n < 1:
-            raise ShapeError("the prompt needs at least one (x, y) pair")
+        prompt = check_prompt(X, Y, x_query, d_in=cfg.d_in, d_out=cfg.d_out, dtype=p.dtype, device=p.device)
+        n = prompt.X.shape[1]
         if x_query is None:
             if not cfg.causal:
                 raise SpecError("a non-causal ICLTransformer sees y_i when predicting y_i; pass x_query to predict "
@@ -369,15 +360,10 @@ class ICLTransformer(HookedModel):
             if n > cfg.max_points:
                 raise ShapeError(f"the prompt has {n} points but the model has learned positions for "
                                  f"max_points={cfg.max_points}; shorten the prompt or build a larger model")
-            return X, Y, None
-        xq = as_float_tensor(x_query, "x_query", p.dtype).to(p.device)
-        if xq.dim() != 3 or xq.shape[0] != X.shape[0]:
-            raise ShapeError(f"x_query must be (batch, m, d_in) with batch {X.shape[0]}, got {tuple(xq.shape)}")
-        check_last_dim(xq, "x_query", cfg.d_in, "the model's d_in")
-        if n + 1 > cfg.max_points:
+        elif n + 1 > cfg.max_points:
             raise ShapeError(f"queries after {n} context points sit at point {n + 1} but the model has learned "
                              f"positions for max_points={cfg.max_points}; shorten the context or build a larger model")
-        return X, Y, xq
+        return prompt
 
     def _tokens(self, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
         """Context tokens already read in, ``(B, T_ctx, E)`` (no positions)."""
@@ -430,10 +416,9 @@ class ICLTransformer(HookedModel):
         points = [self.hook_resid_final, *(m for m in self.blocks[-1].modules() if isinstance(m, HookPoint))]
         return not any(p.active for p in points)
 
-    def _passes_iter(self, X, Y, x_query) -> Iterator[torch.Tensor]:
+    def _passes_iter(self, prompt: Prompt) -> Iterator[torch.Tensor]:
         """The residual stream of the prediction tokens after every pass through the blocks."""
-        X, Y, xq = self._check(X, Y, x_query)
-        e, vis, out = self._embed(X, Y, xq)
+        e, vis, out = self._embed(prompt.X, prompt.Y, prompt.x_query)
         try:
             self._prefix = "loop.0." if self._passes > 1 else ""
             h = e = self.hook_embed(e)
@@ -454,14 +439,30 @@ class ICLTransformer(HookedModel):
         return self.read_out(self.ln_f(h))
 
     def forward(self, X, Y, x_query=None) -> torch.Tensor:
-        """``(B, n, d_out)`` prefix predictions, or ``(B, m, d_out)`` query predictions when `x_query` is given."""
-        for h in self._passes_iter(X, Y, x_query):
+        """``(B, n, d_out)`` prefix predictions, or ``(B, m, d_out)`` query predictions when `x_query` is given
+        (one prompt without batch axis gives unbatched predictions, :func:`icgd.tokens.check_prompt`)."""
+        prompt = self._check(X, Y, x_query)
+        for h in self._passes_iter(prompt):
             pass
-        return self._read_out(h)
+        out = self._read_out(h)
+        return out[0] if prompt.single else out
+
+    def predict(self, X, Y, x_query, *, grad: bool = False) -> torch.Tensor:
+        """The learner protocol (:mod:`icgd.learners`): predictions at the queries, ``(B, m, d_out)``, under
+        ``torch.inference_mode`` unless ``grad=True``."""
+        with torch.inference_mode(not grad):
+            return self(X, Y, x_query)
+
+    def prefix_predictions(self, X, Y, *, grad: bool = False) -> torch.Tensor:
+        """The learner protocol: row i predicts ``y_i`` from the pairs before it, ``(B, n, d_out)``."""
+        with torch.inference_mode(not grad):
+            return self(X, Y)
 
     def loop_predictions(self, X, Y, x_query=None) -> torch.Tensor:
         """Predictions read out after every pass, ``(loop, B, n or m, d_out)`` (Yang et al.'s loss uses them)."""
-        return torch.stack([self._read_out(h) for h in self._passes_iter(X, Y, x_query)])
+        prompt = self._check(X, Y, x_query)
+        out = torch.stack([self._read_out(h) for h in self._passes_iter(prompt)])
+        return out[:, 0] if prompt.single else out
 
     def extra_repr(self) -> str:
         c = self.config
@@ -583,27 +584,13 @@ class LSA(HookedModel):
                 raise ShapeError(f"{name} must be ({D}, {D}) or ({H}, {D}, {D}), got {tuple(t.shape)}")
             getattr(mod, name).copy_(t)
 
-    def _check(self, X, Y, x_query) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        p = self.layers[0].W_Q
-        X = as_float_tensor(X, "X", p.dtype).to(p.device)
-        Y = as_float_tensor(Y, "Y", p.dtype).to(p.device)
-        xq = as_float_tensor(x_query, "x_query", p.dtype).to(p.device)
-        for name, t in (("X", X), ("Y", Y), ("x_query", xq)):
-            if t.dim() != 3:
-                raise ShapeError(f"{name} must be (batch, points, dim), got shape {tuple(t.shape)}")
-        check_last_dim(X, "X", self.d_in, "the model's d_in")
-        check_last_dim(Y, "Y", self.d_out, "the model's d_out")
-        check_last_dim(xq, "x_query", self.d_in, "the model's d_in")
-        if Y.shape[:2] != X.shape[:2] or xq.shape[0] != X.shape[0]:
-            raise ShapeError(f"X {tuple(X.shape)}, Y {tuple(Y.shape)} and x_query {tuple(xq.shape)} must share the "
-                             f"batch size, and X and Y the number of points")
-        if X.shape[1] < 1:
-            raise ShapeError("the prompt needs at least one (x, y) pair")
-        return X, Y, xq
-
     def forward(self, X, Y, x_query) -> torch.Tensor:
-        """Predictions for the queries, ``(B, m, d_out)``."""
-        X, Y, xq = self._check(X, Y, x_query)
+        """Predictions for the queries, ``(B, m, d_out)`` (unbatched for one prompt without batch axis)."""
+        if x_query is None:
+            raise ShapeError("x_query is required: the LSA answers at the query points (B, m, d_in)")
+        p = self.layers[0].W_Q
+        X, Y, xq, single = check_prompt(X, Y, x_query, d_in=self.d_in, d_out=self.d_out, dtype=p.dtype,
+                                        device=p.device)
         n = X.shape[1]
         queries = torch.cat((xq, xq.new_zeros(*xq.shape[:2], self.d_out)), dim=-1)
         e = torch.cat((torch.cat((X, Y), dim=-1), queries), dim=1)  # (B, n + m, D)
@@ -614,7 +601,14 @@ class LSA(HookedModel):
                 e = block.hook_resid_post(self.layer(i)(block.hook_resid_pre(e), n))
         finally:
             self._prefix = ""
-        return -e[:, n:, self.d_in:]
+        out = -e[:, n:, self.d_in:]
+        return out[0] if single else out
+
+    def predict(self, X, Y, x_query, *, grad: bool = False) -> torch.Tensor:
+        """The learner protocol (:mod:`icgd.learners`): predictions at the queries, ``(B, m, d_out)``, under
+        ``torch.inference_mode`` unless ``grad=True``."""
+        with torch.inference_mode(not grad):
+            return self(X, Y, x_query)
 
     def extra_repr(self) -> str:
         return (f"d_in={self.d_in}, d_out={self.d_out}, n_layer={self.n_layer}, n_head={self.n_head}, "

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from icgd._checks import as_float_tensor, batched, check_last_dim, positive_float
+from icgd._checks import positive_float
 from icgd.errors import ShapeError, SpecError
 from icgd.layers import Transformer
-from icgd.tokens import Layout, pack_prompt
+from icgd.tokens import Layout, check_prompt, pack_prompt
 
 
 def check_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -82,20 +82,9 @@ class PromptModel(Transformer):
     def check_prompt(self, X, Y, x_query) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
         """Validated, batched ``X (B, n, d_in)``, ``Y (B, n, d_out)``, ``x_query (B, m, d_in)`` in the model's dtype,
         and whether the inputs were unbatched."""
-        X, single = batched(as_float_tensor(X, "X", self.dtype), "X", 2)
-        Y, _ = batched(as_float_tensor(Y, "Y", self.dtype), "Y", 2)
-        xq, _ = batched(as_float_tensor(x_query, "x_query", self.dtype), "x_query", 2)
-        check_last_dim(X, "X", self.d_in, "the model's d_in")
-        check_last_dim(Y, "Y", self.d_out, "the model's d_out (pass Y with a last axis, e.g. Y[..., None])")
-        check_last_dim(xq, "x_query", self.d_in, "the model's d_in")
-        B, n = X.shape[:2]
-        if Y.shape[:2] != (B, n):
-            raise ShapeError(f"Y has shape {tuple(Y.shape)}, expected ({B}, {n}, {self.d_out}) to match X")
-        if xq.shape[0] != B:
-            raise ShapeError(f"x_query has {xq.shape[0]} prompts but X has {B}")
-        if n < 1:
-            raise ShapeError("the prompt needs at least one (x, y) pair")
-        return X, Y, xq, single
+        if x_query is None:
+            raise ShapeError("x_query is required: the model answers at the query points (B, m, d_in)")
+        return tuple(check_prompt(X, Y, x_query, d_in=self.d_in, d_out=self.d_out, dtype=self.dtype))
 
     def device(self) -> torch.device:
         return next((t.device for t in [*self.parameters(), *self.buffers()]), torch.device("cpu"))

@@ -61,6 +61,7 @@ from icgd.layers import EWML, MLP, HeadBank, ReLUAttention, RowMap, Transformer,
 from icgd.memory import MemoryEstimate
 from icgd.nets import NetSpec, check_prompt, unflatten
 from icgd.tokens import Layout, pack_prompt
+from icgd.tokens import check_prompt as check_xy
 
 DEFAULT_KNOTS = 64
 
@@ -346,7 +347,12 @@ def clip_mlp(D: int, one: int, coords: torch.Tensor, bounds: torch.Tensor, dtype
 
 
 class ConstructedICGD(Transformer):
-    """The transformer built by :func:`deep_gd`. Gradient descent happens only inside its layers."""
+    """The transformer built by :func:`deep_gd`. Gradient descent happens only inside its layers.
+
+    ``w0`` (attribute, default None): the GD start used when ``predict``/``trace`` get no `w0`, so that
+    ``model.predict(X, Y, x_query)`` follows the learner protocol once it is set."""
+
+    w0: torch.Tensor | None = None
 
     def __init__(self, spec: NetSpec, *, eta: float, steps: int, box: float | None, knots: int,
                  fit_ranges: list[float], x_bound: float | None, y_bound: float | None, readout: bool,
@@ -406,12 +412,11 @@ class ConstructedICGD(Transformer):
                        build=False, what=f"a forward pass of {batch} prompt(s) × {tokens} tokens"
                        ).check(self._step_sign.device)
 
-    def tokens_for(self, X, Y, w0, x_query=None) -> tuple[torch.Tensor, bool]:
-        """Pack a prompt into this model's tokens; returns the tokens and whether the inputs were unbatched."""
-        X, Y, w0, single = check_prompt(self.spec, X, Y, w0, self.dtype)
-        xq = None
-        if x_query is not None:
-            xq, _ = batched(as_float_tensor(x_query, "x_query", self.dtype), "x_query", 2)
+    def tokens_for(self, X, Y, w0=None, x_query=None) -> tuple[torch.Tensor, bool]:
+        """Pack a prompt into this model's tokens; returns the tokens and whether the inputs were unbatched.
+        `w0` defaults to the attribute :attr:`w0`."""
+        X, Y, xq, single = check_xy(X, Y, x_query, d_in=self.spec.d_in, d_out=self.spec.d_out, dtype=self.dtype)
+        _, _, w0, _ = check_prompt(self.spec, X, Y, self._initial(w0), self.dtype)
         self._check_inputs(X, Y, xq)
         self._check_memory(X.shape[0], X.shape[1] + (0 if xq is None else xq.shape[1]))
         if self.box is not None and float(w0.abs().max()) > self.box:
@@ -435,15 +440,24 @@ class ConstructedICGD(Transformer):
             self._check_range(h, self.steps)
         return h, ws
 
-    def trace(self, X, Y, w0) -> torch.Tensor:
-        """Weights read from the ``w`` slot after every GD block, ``(B, steps+1, D_w)`` (index 0 = `w0`)."""
+    def _initial(self, w0):
+        if w0 is None:
+            w0 = self.w0
+        if w0 is None:
+            raise SpecError("the initial network weights are missing: pass w0= ((D_w,) or (B, D_w)) or set model.w0")
+        return w0
+
+    def trace(self, X, Y, w0=None) -> torch.Tensor:
+        """Weights read from the ``w`` slot after every GD block, ``(B, steps+1, D_w)`` (index 0 = `w0`; default:
+        the attribute :attr:`w0`)."""
         tokens, single = self.tokens_for(X, Y, w0)
         _, ws = self._run(tokens, record=True)
         out = torch.stack(ws, dim=1)
         return out[0] if single else out
 
-    def predict(self, X, Y, x_query, w0) -> torch.Tensor:
-        """f(w̄_L, x_query) read from the query tokens' p̄(N) slot after the read-out layers, ``(B, m, d_out)``."""
+    def predict(self, X, Y, x_query, w0=None) -> torch.Tensor:
+        """f(w̄_L, x_query) read from the query tokens' p̄(N) slot after the read-out layers, ``(B, m, d_out)``: the
+        learner protocol, with the GD start `w0` as a keyword (default: the attribute :attr:`w0`)."""
         if not self.readout:
             raise SpecError("this model was built with readout=False; build it with readout=True to predict")
         tokens, single = self.tokens_for(X, Y, w0, x_query)

@@ -598,16 +598,16 @@ class ConstructedSoftmaxICGD(ConstructedICGD):
                                what=f"a forward pass of {batch} prompt(s) × {tokens} tokens"
                                ).check(self._step_sign.device)
 
-    def trace(self, X, Y, w0) -> torch.Tensor:
+    def trace(self, X, Y, w0=None) -> torch.Tensor:
         """Weights read from the ``w`` slot after every GD block, ``(B, steps+1, D_w)`` (index 0 = `w0`). One query
         token at x = 0 is added as the sink of the forward heads; it does not enter the gradient."""
-        X, Y, w0, single = check_prompt(self.spec, X, Y, w0, self.dtype)
+        X, Y, w0, single = check_prompt(self.spec, X, Y, self._initial(w0), self.dtype)
         tokens, _ = self.tokens_for(X, Y, w0, X.new_zeros(X.shape[0], 1, self.spec.d_in))
         _, ws = self._run(tokens, record=True)
         out = torch.stack(ws, dim=1)
         return out[0] if single else out
 
-    def predict(self, X, Y, x_query, w0) -> torch.Tensor:
+    def predict(self, X, Y, x_query, w0=None) -> torch.Tensor:
         """f(w̄_L, x_query) read from the query tokens' p̄(N) slot after the read-out layers, ``(B, m, d_out)``."""
         X = as_float_tensor(X, "X", self.dtype)
         return super().predict(X, Y, x_query, w0)
