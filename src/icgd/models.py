@@ -447,16 +447,15 @@ class ICLTransformer(HookedModel):
         out = self._read_out(h)
         return out[0] if prompt.single else out
 
-    def predict(self, X, Y, x_query, *, grad: bool = False) -> torch.Tensor:
-        """The learner protocol (:mod:`icgd.learners`): predictions at the queries, ``(B, m, d_out)``, under
-        ``torch.inference_mode`` unless ``grad=True``."""
-        with torch.inference_mode(not grad):
-            return self(X, Y, x_query)
+    def predict(self, X, Y, x_query) -> torch.Tensor:
+        """The learner protocol (:mod:`icgd.learners`): predictions at the queries, ``(B, m, d_out)`` (the forward
+        pass; differentiable, e.g. in ``x_query`` for von Oswald's model cos — wrap it in ``torch.no_grad()`` to
+        save memory)."""
+        return self(X, Y, x_query)
 
-    def prefix_predictions(self, X, Y, *, grad: bool = False) -> torch.Tensor:
+    def prefix_predictions(self, X, Y) -> torch.Tensor:
         """The learner protocol: row i predicts ``y_i`` from the pairs before it, ``(B, n, d_out)``."""
-        with torch.inference_mode(not grad):
-            return self(X, Y)
+        return self(X, Y)
 
     def loop_predictions(self, X, Y, x_query=None) -> torch.Tensor:
         """Predictions read out after every pass, ``(loop, B, n or m, d_out)`` (Yang et al.'s loss uses them)."""
@@ -604,11 +603,11 @@ class LSA(HookedModel):
         out = -e[:, n:, self.d_in:]
         return out[0] if single else out
 
-    def predict(self, X, Y, x_query, *, grad: bool = False) -> torch.Tensor:
-        """The learner protocol (:mod:`icgd.learners`): predictions at the queries, ``(B, m, d_out)``, under
-        ``torch.inference_mode`` unless ``grad=True``."""
-        with torch.inference_mode(not grad):
-            return self(X, Y, x_query)
+    def predict(self, X, Y, x_query) -> torch.Tensor:
+        """The learner protocol (:mod:`icgd.learners`): predictions at the queries, ``(B, m, d_out)`` (the forward
+        pass; differentiable, e.g. in ``x_query`` for von Oswald's model cos — wrap it in ``torch.no_grad()`` to
+        save memory)."""
+        return self(X, Y, x_query)
 
     def extra_repr(self) -> str:
         return (f"d_in={self.d_in}, d_out={self.d_out}, n_layer={self.n_layer}, n_head={self.n_head}, "
