@@ -389,7 +389,7 @@ def gd_weights(d_x, d_y, eta):
 def test_compare_lsa_weights_on_rescaled_construction():
     c = gd_weights(4, 1, eta=0.8)
     a, b = 0.3, -2.5  # β = a·b; the layer is unchanged
-    trained = {"W_k": a * c["W_K"], "W_q": b * c["W_Q"], "W_v": c["W_V"], "W_o": c["P"] / (a * b)}
+    trained = {"W_K": a * c["W_K"], "W_Q": b * c["W_Q"], "W_V": c["W_V"], "P": c["P"] / (a * b)}
     res = an.compare_lsa_weights(trained, c)
     assert res["beta"] == pytest.approx(a * b) and res["beta_constructed"] == 1.0
     assert res["kq_distance"] == pytest.approx(0, abs=1e-14)

@@ -440,10 +440,16 @@ def test_lsa_queries_are_independent_and_hooks():
 
 def test_lsa_init_and_errors():
     lsa = LSA(10, n_layer=2, generator=torch.Generator().manual_seed(0))
-    assert abs(lsa.layers[0].W_Q.std().item() - math.sqrt(0.002 / 11)) < 0.003
+    assert abs(lsa.layers[0].W_q.std().item() - math.sqrt(0.002 / 11)) < 0.003
     assert LSA(3, n_layer=1, init_std=0.5).init_std == 0.5
     with pytest.raises(ShapeError, match=r"\(4, 4\)"):
         LSA(3, n_layer=1).set_weights(0, {"P": torch.zeros(3, 3)})
+    # checkpoints written with the paper's parameter names (layers.{i}.W_Q … .P) still load
+    a, b = LSA(3, n_layer=2, n_head=2, generator=torch.Generator().manual_seed(1)), LSA(3, n_layer=2, n_head=2)
+    names = {"W_q": "W_Q", "W_k": "W_K", "W_v": "W_V", "W_o": "P"}
+    old = {k.rpartition(".")[0] + "." + names[k.rpartition(".")[2]]: v for k, v in a.state_dict().items()}
+    b.load_state_dict(old)
+    assert all(torch.equal(b.weights(i)[k], a.weights(i)[k]) for i in range(2) for k in names.values())
     with pytest.raises(SpecError, match="W_K, W_Q, W_V and P"):
         LSA(3, n_layer=1).set_weights(0, {"W_O": torch.zeros(4, 4)})
     with pytest.raises(SpecError, match="layer"):

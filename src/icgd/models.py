@@ -32,6 +32,7 @@ from torch import nn
 from icgd._checks import as_float_tensor, positive_float, positive_int
 from icgd.errors import ShapeError, SpecError
 from icgd.hooks import HookedModel, HookPoint
+from icgd.layers.attention import LinearAttention
 from icgd.tokens import Prompt, check_prompt
 
 ATTENTION_KINDS = ("softmax", "relu", "linear")
@@ -477,34 +478,6 @@ class ICLTransformer(HookedModel):
 # LSA
 
 
-class LSALayer(nn.Module):
-    """One multi-head linear self-attention layer (von Oswald et al. Eq. 6), keys and values from the context::
-
-        e_j ← e_j + (1/n) Σ_h P_h W_V^h Σ_{i≤n} e_i e_iᵀ W_K^hᵀ W_Q^h e_j
-
-    ``W_Q, W_K, W_V, P`` are ``(H, D, D)`` parameters acting on column vectors (the paper's orientation)."""
-
-    def __init__(self, D: int, n_head: int):
-        super().__init__()
-        self.W_Q = nn.Parameter(torch.empty(n_head, D, D))
-        self.W_K = nn.Parameter(torch.empty(n_head, D, D))
-        self.W_V = nn.Parameter(torch.empty(n_head, D, D))
-        self.P = nn.Parameter(torch.empty(n_head, D, D))
-
-        self.hook_pattern = HookPoint()  # (B, H, n + m, n): the scores ⟨W_Q e_t, W_K e_s⟩ / n
-        self.hook_z = HookPoint()  # (B, n + m, H, D): head h's update P_h W_V Σ_s att e_s, only when hooked
-
-    def forward(self, e: torch.Tensor, n: int) -> torch.Tensor:
-        ctx = e[:, :n]  # (B, n, D): the query tokens are neither keys nor values
-        q = torch.einsum("hij,btj->bhti", self.W_Q, e)  # (B, H, T, D)
-        k = torch.einsum("hij,bsj->bhsi", self.W_K, ctx)  # (B, H, n, D)
-        v = torch.einsum("hij,bsj->bhsi", self.W_V, ctx)  # (B, H, n, D)
-        att = self.hook_pattern((q @ k.transpose(-2, -1)) * (1.0 / n))  # (B, H, T, n)
-        if self.hook_z.active:
-            return e + self.hook_z(torch.einsum("hij,bhtj->bthi", self.P, att @ v)).sum(2)
-        return e + torch.einsum("hij,bhtj->bti", self.P, att @ v)
-
-
 class _LSABlock(nn.Module):
     """Hook points around application i of an LSA layer (weights live in ``LSA.layers``, shared or not)."""
 
@@ -516,7 +489,8 @@ class _LSABlock(nn.Module):
 
 class LSA(HookedModel):
     """von Oswald et al.'s attention-only linear transformer on tokens ``e_i = (x_i, y_i)`` (context) and
-    ``(x_q, 0)`` (queries), D = d_in + d_out. Each of the `n_layer` layers is an :class:`LSALayer` (keys and values
+    ``(x_q, 0)`` (queries), D = d_in + d_out. Each of the `n_layer` layers is a
+    :class:`~icgd.layers.LinearAttention` with d_head = D, called with ``n_keys = n`` (keys and values
     from the n context tokens only, divided by n: icgd's normalised convention, the paper puts 1/N in P); the
     prediction is minus the query's y-slot (the paper's read-out). Queries do not interact, so m queries are
     answered in one pass. ``shared=True`` applies one layer `n_layer` times (the paper's recurrent models).
@@ -543,7 +517,9 @@ class LSA(HookedModel):
         self.shared = shared
         self.dim = D = d_in + d_out
         self.init_std = math.sqrt(0.002 / D) if init_std is None else positive_float(init_std, "init_std", True)
-        self.layers = nn.ModuleList(LSALayer(D, n_head) for _ in range(1 if shared else n_layer))
+        # a throw-away generator: reset_parameters draws the initial weights, the global RNG is left alone
+        self.layers = nn.ModuleList(LinearAttention(D, n_head, D, generator=torch.Generator())
+                                    for _ in range(1 if shared else n_layer))
         self.blocks = nn.ModuleList(_LSABlock() for _ in range(len(self.layers)))
         self._passes = n_layer if shared else 1
         self._name_hook_points()
@@ -554,7 +530,7 @@ class LSA(HookedModel):
         for p in self.parameters():
             _normal_(p, self.init_std, generator)
 
-    def layer(self, i: int) -> LSALayer:
+    def layer(self, i: int) -> LinearAttention:
         """The weights applied at layer i (the same module for every i when shared)."""
         if not (isinstance(i, int) and -self.n_layer <= i < self.n_layer):
             raise SpecError(f"layer must be an integer in [0, {self.n_layer}), got {i!r}")
@@ -564,7 +540,8 @@ class LSA(HookedModel):
         """Detached copies of ``W_K, W_Q, W_V, P`` of one layer: ``(D, D)`` each with one head, else ``(H, D, D)``,
         the same convention as :func:`icgd.constructions.von_oswald_weights`."""
         mod = self.layer(layer)
-        out = {name: getattr(mod, name).detach().clone() for name in ("W_K", "W_Q", "W_V", "P")}
+        out = {name: getattr(mod, attr).detach().clone() for name, attr in LinearAttention.PAPER_NAMES.items()}
+        out = {name: out[name] for name in ("W_K", "W_Q", "W_V", "P")}
         return {k: v[0] for k, v in out.items()} if self.n_head == 1 else out
 
     @torch.no_grad()
@@ -581,13 +558,13 @@ class LSA(HookedModel):
                 t = t.expand(H, D, D)
             if t.shape != (H, D, D):
                 raise ShapeError(f"{name} must be ({D}, {D}) or ({H}, {D}, {D}), got {tuple(t.shape)}")
-            getattr(mod, name).copy_(t)
+            getattr(mod, LinearAttention.PAPER_NAMES[name]).copy_(t)
 
     def forward(self, X, Y, x_query) -> torch.Tensor:
         """Predictions for the queries, ``(B, m, d_out)`` (unbatched for one prompt without batch axis)."""
         if x_query is None:
             raise ShapeError("x_query is required: the LSA answers at the query points (B, m, d_in)")
-        p = self.layers[0].W_Q
+        p = self.layers[0].W_q
         X, Y, xq, single = check_prompt(X, Y, x_query, d_in=self.d_in, d_out=self.d_out, dtype=p.dtype,
                                         device=p.device)
         n = X.shape[1]
@@ -597,7 +574,7 @@ class LSA(HookedModel):
             for i in range(self.n_layer):
                 self._prefix = f"loop.{i}." if self._passes > 1 else ""
                 block = self.blocks[0 if self.shared else i]
-                e = block.hook_resid_post(self.layer(i)(block.hook_resid_pre(e), n))
+                e = block.hook_resid_post(self.layer(i)(block.hook_resid_pre(e), n_keys=n))
         finally:
             self._prefix = ""
         out = -e[:, n:, self.d_in:]
@@ -608,6 +585,14 @@ class LSA(HookedModel):
         pass; differentiable, e.g. in ``x_query`` for von Oswald's model cos — wrap it in ``torch.no_grad()`` to
         save memory)."""
         return self(X, Y, x_query)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Also read checkpoints written before the layers were LinearAttention (``layers.{i}.W_Q`` … ``.P``)."""
+        for key in [k for k in state_dict if k.startswith(prefix + "layers.")]:
+            head, _, name = key.rpartition(".")
+            if name in LinearAttention.PAPER_NAMES:
+                state_dict[f"{head}.{LinearAttention.PAPER_NAMES[name]}"] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return (f"d_in={self.d_in}, d_out={self.d_out}, n_layer={self.n_layer}, n_head={self.n_head}, "

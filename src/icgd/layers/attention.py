@@ -256,10 +256,28 @@ class LinearAttention(KernelAttention):
     (the context tokens when ``key_flag`` is the layout's ``t`` slot).
 
     In the ``P``/``Q`` form of the paper each head is ``(P_m, Q_m)`` with ``P_m = W_o^m W_v^m`` and
-    ``Q_m = W_k^mᵀ W_q^m``; :meth:`from_pq` builds the layer from them and :meth:`pq` reads them back."""
+    ``Q_m = W_k^mᵀ W_q^m``; :meth:`from_pq` builds the layer from them and :meth:`pq` reads them back.
+
+    ``forward(h, n_keys=n)`` takes the keys and values from the first n tokens only and divides by n (von Oswald
+    et al. Eq. 6 with its context/query split; the trainable :class:`icgd.models.LSA` is a stack of these); the
+    paper's matrices are ``W_Q = W_q``, ``W_K = W_k``, ``W_V = W_v`` and ``P = W_o`` (with ``d_head = dim``)."""
+
+    PAPER_NAMES = {"W_Q": "W_q", "W_K": "W_k", "W_V": "W_v", "P": "W_o"}  # von Oswald et al.'s name → parameter
 
     def __init__(self, dim: int, n_heads: int = 1, d_head: int | None = None, **kwargs):
         super().__init__(dim, n_heads, d_head, score="linear", **kwargs)
+
+    def forward(self, h: torch.Tensor, n_keys: int | None = None) -> torch.Tensor:
+        if n_keys is None:
+            return super().forward(h)
+        ctx = h[:, :n_keys]  # (B, n, D): the other tokens are neither keys nor values
+        q = torch.einsum("hij,btj->bhti", self.W_q, h)  # (B, H, T, d_head)
+        k = torch.einsum("hij,bsj->bhsi", self.W_k, ctx)  # (B, H, n, d_head)
+        v = torch.einsum("hij,bsj->bhsi", self.W_v, ctx)  # (B, H, n, d_head)
+        att = self.hook_pattern((q @ k.transpose(-2, -1)) * (1.0 / n_keys))  # (B, H, T, n)
+        if self.hook_z.active:
+            return h + self.hook_z(torch.einsum("hij,bhtj->bthi", self.W_o, att @ v)).sum(2)
+        return h + torch.einsum("hij,bhtj->bti", self.W_o, att @ v)
 
     @classmethod
     def from_pq(cls, P: torch.Tensor, Q: torch.Tensor, **kwargs) -> LinearAttention:
