@@ -330,12 +330,19 @@ def test_init_is_reproducible_and_gpt2_scaled():
     b = ICLTransformer(5, n_layer=4, n_head=2, n_embd=64, generator=torch.Generator().manual_seed(3))
     for (na, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
         assert torch.equal(pa, pb), na
-    proj = torch.cat([blk.mlp.c_proj.weight.flatten() for blk in a.blocks])
+    proj = torch.cat([blk.mlp.W2.flatten() for blk in a.blocks])
     assert abs(proj.std().item() - 0.02 / math.sqrt(8)) < 0.0005
-    assert abs(a.blocks[0].mlp.c_fc.weight.std().item() - 0.02) < 0.001
+    assert abs(a.blocks[0].mlp.W1.std().item() - 0.02) < 0.001
     assert torch.all(a.blocks[0].attn.c_attn.bias == 0)
-    assert a.config.d_mlp is None and a.blocks[0].mlp.c_fc.out_features == 256
+    assert a.config.d_mlp is None and a.blocks[0].mlp.width == 256
     assert ICLTransformer(**a.to_dict()).state_dict().keys() == a.state_dict().keys()
+    # checkpoints written when the MLP was two nn.Linear (mlp.c_fc.weight …) still load
+    names = {"W1": "c_fc.weight", "b1": "c_fc.bias", "W2": "c_proj.weight", "b2": "c_proj.bias"}
+    old = {(k.rpartition(".")[0] + "." + names[k.rpartition(".")[2]] if ".mlp." in k else k): v
+           for k, v in a.state_dict().items()}
+    c = ICLTransformer(5, n_layer=4, n_head=2, n_embd=64)
+    c.load_state_dict(old)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
 
 
 def test_float32_default_and_training_step():
@@ -488,4 +495,4 @@ def test_config_form_equals_keyword_form_and_every_option_is_a_train_key():
         extra = {"loop": 2} if key == "loop_inject" else {}
         model = build_model(dataclasses.replace(base, **extra, **{key: value}))
         assert getattr(model.config, key) == value
-    assert build_model(dataclasses.replace(base, d_mlp=24)).blocks[0].mlp.c_fc.out_features == 24
+    assert build_model(dataclasses.replace(base, d_mlp=24)).blocks[0].mlp.width == 24

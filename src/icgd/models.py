@@ -33,15 +33,12 @@ from icgd._checks import as_float_tensor, positive_float, positive_int
 from icgd.errors import ShapeError, SpecError
 from icgd.hooks import HookedModel, HookPoint
 from icgd.layers.attention import LinearAttention
+from icgd.layers.mlp import MLP
 from icgd.tokens import Prompt, check_prompt
 
 ATTENTION_KINDS = ("softmax", "relu", "linear")
 TOKEN_FORMATS = ("interleaved", "concat")
-# GELU with erf is GPT-2's GELU computed exactly; PyTorch's CPU kernel for the tanh approximation that GPT-2
-# shipped ("gelu_tanh") is about 3x slower, and the two differ by < 1e-3
-MLP_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "relu": nn.ReLU,
-}
+MLP_ACTIVATIONS = ("gelu", "gelu_tanh", "relu")  # of icgd.layers.MLP; GELU with erf is GPT-2's GELU computed exactly
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -201,22 +198,15 @@ class SelfAttention(nn.Module):
         return self.c_proj(self.hook_z(y.transpose(1, 2)).reshape(B, q.shape[2], E))
 
 
-class MLP(nn.Module):
-    """GPT-2's position-wise MLP: Linear → activation → Linear.
+def _mlp(cfg: ICLTransformerConfig) -> MLP:
+    """GPT-2's position-wise MLP, Linear → activation → Linear, as :class:`icgd.layers.MLP` (``residual=False``).
 
     The GELU output is stored for backward rather than recomputed there: recomputing saved B·T·d_mlp floats per
     block but cost ~1.5% of a training step at 6 layers/128 wide on CPU, and the model stays at about half of the
-    HuggingFace GPT-2 setup's training memory without it (benchmarks/RESULTS.md)."""
-
-    def __init__(self, cfg: ICLTransformerConfig):
-        super().__init__()
-        width = cfg.d_mlp or 4 * cfg.n_embd
-        self.c_fc = nn.Linear(cfg.n_embd, width)
-        self.act = MLP_ACTIVATIONS[cfg.mlp_activation]()
-        self.c_proj = nn.Linear(width, cfg.n_embd)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(self.act(self.c_fc(x)))
+    HuggingFace GPT-2 setup's training memory without it (benchmarks/RESULTS.md). Its weights are drawn by
+    :meth:`ICLTransformer.reset_parameters` (a throw-away generator here leaves the global RNG alone)."""
+    return MLP(cfg.n_embd, cfg.d_mlp or 4 * cfg.n_embd, bias=True, residual=False, activation=cfg.mlp_activation,
+               generator=torch.Generator())
 
 
 def _normal_(p: torch.Tensor, std: float, generator: torch.Generator | None) -> None:
@@ -237,7 +227,7 @@ class Block(nn.Module):
         self.ln_1 = _norm(cfg)
         self.attn = SelfAttention(cfg)
         self.ln_2 = _norm(cfg) if cfg.mlp else None
-        self.mlp = MLP(cfg) if cfg.mlp else None
+        self.mlp = _mlp(cfg) if cfg.mlp else None
         self.hook_resid_pre = HookPoint()  # (B, T, E)
         self.hook_attn_out = HookPoint()  # (B, T, E)
         self.hook_resid_mid = HookPoint()  # (B, T, E), only with an MLP
@@ -335,11 +325,11 @@ class ICLTransformer(HookedModel):
         """GPT-2 initialisation (see the class docstring), drawn from `generator` when given."""
         std, proj_std = 0.02, 0.02 / math.sqrt(2 * self.config.n_layer)
         for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
+            if name.endswith(("c_proj.weight", "mlp.W2")):  # the projections into the residual stream
                 _normal_(p, proj_std, generator)
-            elif name.endswith("weight") and p.dim() >= 2:
+            elif name.endswith(("weight", "W1")) and p.dim() >= 2:
                 _normal_(p, std, generator)
-            elif name.endswith("bias"):
+            elif name.endswith(("bias", "b1", "b2")):
                 nn.init.zeros_(p)
             else:  # LayerNorm gains
                 nn.init.ones_(p)
@@ -463,6 +453,14 @@ class ICLTransformer(HookedModel):
         prompt = self._check(X, Y, x_query)
         out = torch.stack([self._read_out(h) for h in self._passes_iter(prompt)])
         return out[:, 0] if prompt.single else out
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Also read checkpoints written before the MLP was :class:`icgd.layers.MLP` (``mlp.c_fc.weight`` …)."""
+        old = {"c_fc.weight": "W1", "c_fc.bias": "b1", "c_proj.weight": "W2", "c_proj.bias": "b2"}
+        for key in [k for k in state_dict if k.startswith(prefix + "blocks.") and ".mlp.c_" in k]:
+            head, _, rest = key.partition(".mlp.")
+            state_dict[f"{head}.mlp.{old[rest]}"] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         c = self.config
