@@ -29,8 +29,9 @@ on queries.
 
 **Deviations from the paper, and why**
 
-* Token form of ReLU attention (query from h_i, keys from h_s): the matrix form printed in the paper swaps the roles
-  of Q and K and breaks the construction (construction notes, pitfall P1).
+* Token form of ReLU attention (query from h_i, keys from h_s): read literally, the matrix form printed in the paper
+  swaps the roles of Q and K, so each token's update would be weighted by the other tokens' rows instead of its
+  own, and the heads would no longer compute the per-token forward and backward passes.
 * Sum-of-ReLU fits are piecewise-linear interpolants with ``knots`` units on a per-layer interval ``[−R_j, R_j]``
   (error O(knots⁻²)); the paper's existence proof gives Õ(ε⁻²) heads. Activations: sigmoid, tanh, softplus, gelu
   as in the paper, plus relu (exact r, r′ a ramp of width 1e-6: beyond Theorem 1, exact unless a

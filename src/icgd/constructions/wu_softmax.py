@@ -650,8 +650,8 @@ def deep_gd_softmax(spec: NetSpec, *, eta: float, steps: int, box: float | None 
 
     `eps`: temperature of the step's head pairs, error O(eps^order) + O(u/eps); ``None`` (the default) =
     :func:`auto_eps` for `dtype`, `order` and the activation (order 4: 1.8e-3 for sigmoid, 4.5e-4 for tanh in
-    float64; 0.10 and 0.025 in float32); any number in (0, 1) is accepted — 1e-3, the construction notes' value,
-    is within a factor 2 of the automatic one in float64. `order`: 4 = head pairs at ±eps and ±2eps with
+    float64; 0.10 and 0.025 in float32); any number in (0, 1) is accepted — a fixed 1e-3 is within a factor 2 of
+    the automatic one in float64. `order`: 4 = head pairs at ±eps and ±2eps with
     Richardson weights (error O(eps⁴)), 2 = one pair at ±eps (O(eps²)). `units`: logistic units per fitted
     activation (softplus, gelu); their intervals come from `fit_range` (one number or one per layer) or a priori
     from `box` and `x_bound`. sigmoid and tanh are exact and need no interval. See the module docstring for the
