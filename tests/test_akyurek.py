@@ -197,7 +197,7 @@ def test_ridge_rejects_bad_arguments_and_prompts(gen):
     X, Y, xq = prompt(gen, 2, 3, 3)
     with pytest.raises(ShapeError, match="d_in"):
         model.predict(X[..., :2], Y, xq)
-    with pytest.raises(ShapeError, match="d_out"):
+    with pytest.raises(ShapeError, match="output axis"):
         model.predict(X, Y[..., 0], xq)
     X[0, 0, 0] = float("nan")
     with pytest.raises(NonFiniteError):

@@ -325,21 +325,21 @@ def test_probes_find_a_linearly_encoded_target_and_not_noise(gen):
     A = randn(gen, k, H)
     encoded = randn(gen, B, T, H)
     encoded[:, -1] = target @ A + 1e-3 * randn(gen, B, H)
-    cache = {"layers.0.hook_out": randn(gen, B, T, H), "layers.1.hook_out": encoded,
+    cache = {"blocks.0.hook_resid_post": randn(gen, B, T, H), "blocks.1.hook_resid_post": encoded,
              "layers.1.hook_pattern": torch.rand(B, 2, T, T, generator=gen, dtype=DT)}  # 4-D: not probed
     res = an.probe_layers(cache, target, lam=1e-6, generator=gen)
-    assert set(res) == {"layers.0.hook_out", "layers.1.hook_out"}
-    assert res["layers.1.hook_out"]["r2"] > 0.999 and res["layers.1.hook_out"]["mse"] < 1e-4
-    assert res["layers.0.hook_out"]["r2"] < 0.1 and res["layers.0.hook_out"]["mse"] > 0.8
+    assert set(res) == {"blocks.0.hook_resid_post", "blocks.1.hook_resid_post"}
+    assert res["blocks.1.hook_resid_post"]["r2"] > 0.999 and res["blocks.1.hook_resid_post"]["mse"] < 1e-4
+    assert res["blocks.0.hook_resid_post"]["r2"] < 0.1 and res["blocks.0.hook_resid_post"]["mse"] > 0.8
     # the last token is read by default; another position holds only noise
-    assert an.probe_r2(cache, target, names=["layers.1.hook_out"], position=0)["layers.1.hook_out"] < 0.1
-    mse = an.probe_mse(cache, target.reshape(B, 1, k), names=["layers.1.hook_out"], position="concat")
-    assert mse["layers.1.hook_out"] < 1e-3
+    assert an.probe_r2(cache, target, names=["blocks.1.hook_resid_post"], position=0)["blocks.1.hook_resid_post"] < 0.1
+    mse = an.probe_mse(cache, target.reshape(B, 1, k), names=["blocks.1.hook_resid_post"], position="concat")
+    assert mse["blocks.1.hook_resid_post"] < 1e-3
     # held-out MSE against a hand computation on the deterministic split
     F = encoded[:, -1]
     p = an.fit_linear_probe(F[:240], target[:240], lam=0.5)
     ref = float(((p.predict(F[240:]) - target[240:]) ** 2).mean())
-    assert an.probe_mse(cache, target, names=["layers.1.hook_out"], lam=0.5)["layers.1.hook_out"] == \
+    assert an.probe_mse(cache, target, names=["blocks.1.hook_resid_post"], lam=0.5)["blocks.1.hook_resid_post"] == \
         pytest.approx(ref, rel=1e-12)
 
 
@@ -389,7 +389,7 @@ def gd_weights(d_x, d_y, eta):
 def test_compare_lsa_weights_on_rescaled_construction():
     c = gd_weights(4, 1, eta=0.8)
     a, b = 0.3, -2.5  # β = a·b; the layer is unchanged
-    trained = {"W_k": a * c["W_K"], "W_q": b * c["W_Q"], "W_v": c["W_V"], "W_o": c["P"] / (a * b)}
+    trained = {"W_K": a * c["W_K"], "W_Q": b * c["W_Q"], "W_V": c["W_V"], "P": c["P"] / (a * b)}
     res = an.compare_lsa_weights(trained, c)
     assert res["beta"] == pytest.approx(a * b) and res["beta_constructed"] == 1.0
     assert res["kq_distance"] == pytest.approx(0, abs=1e-14)

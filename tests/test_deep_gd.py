@@ -132,10 +132,10 @@ def test_scratch_is_erased_and_w_replicated_after_every_block():
     X, Y, xq, w0 = make_task(spec, r["case"]["n"], 5, 2, 1, r["case"]["box"])
     tokens, _ = model.tokens_for(X, Y, w0, xq)
     with torch.inference_mode():
-        _, cache = model.run_with_cache(tokens)
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_resid_post"))
     L = model.layout
     for step in range(model.steps):
-        h = cache[f"layers.{(step + 1) * model.block_size - 1}.hook_out"]
+        h = cache[f"blocks.{(step + 1) * model.block_size - 1}.hook_resid_post"]
         for name in ("p", "r", "g", "s"):
             assert torch.equal(L.read(h, name), torch.zeros_like(L.read(h, name)))
         w = L.read(h, "w")
@@ -257,3 +257,31 @@ def test_layout_matches_the_paper_dimension():
     spec = NetSpec(3, 8, 3, 3)
     assert wu_layout(spec).dim == 180  # construction notes: N=3, d=3, K=8 gives D = 180
     assert wu_layout(NetSpec(3, 8, 4, 3)).dim == 268
+
+
+def test_forward_changes_no_state():
+    """The GD-step size −ηT/(2n) depends on the prompt: it is computed per call, so the parameters (state_dict)
+    after prompts of different sizes are those of the freshly built model, and a prompt gives the same answer
+    whatever ran before it."""
+    from icgd.constructions import convex_gd, deep_gd_softmax
+
+    spec = NetSpec(d_in=2, width=3, depth=2, d_out=1, activation="sigmoid")
+    models = [(deep_gd(spec, eta=0.5, steps=2, box=1.0, knots=16, x_bound=4.0), True),
+              (deep_gd_softmax(spec, eta=0.5, steps=2, box=1.0), True),
+              (convex_gd(2, loss="squared", eta=0.3, steps=2), False)]
+    for model, needs_w0 in models:
+        dense = lambda t: t.to_dense() if t.is_sparse else t  # noqa: E731
+        before = {k: dense(v).clone() for k, v in model.state_dict().items()}
+        answers = []
+        for n in (5, 9, 5):
+            X = torch.rand(2, n, 2, generator=torch.Generator().manual_seed(n), dtype=torch.float64) - 0.5
+            Y = torch.rand(2, n, 1, generator=torch.Generator().manual_seed(n + 1), dtype=torch.float64) - 0.5
+            xq = X[:, :1] + 0.1
+            w0 = init_weights(spec, 2, generator=torch.Generator().manual_seed(n + 2)).clamp(-1, 1)
+            answers.append(model.predict(X, Y, xq, w0) if needs_w0 else model.predict(X, Y, xq))
+        after = model.state_dict()
+        assert after.keys() == before.keys()
+        for k in before:
+            assert torch.equal(dense(after[k]), before[k]), k
+        assert torch.equal(answers[0], answers[2])  # the n = 9 prompt in between left nothing behind
+        assert not torch.equal(answers[0], answers[1])

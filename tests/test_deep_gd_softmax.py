@@ -310,10 +310,10 @@ def test_scratch_is_erased_and_w_replicated_after_every_block():
     X, Y, xq, w0 = make_task(case["spec"], case["n"], 3, 2, 1, case["box"])
     tokens, _ = model.tokens_for(X, Y, w0, xq)
     with torch.inference_mode():
-        _, cache = model.run_with_cache(tokens)
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_resid_post"))
     L = model.layout
     for step in range(model.steps):
-        h = cache[f"layers.{(step + 1) * model.block_size - 1}.hook_out"]
+        h = cache[f"blocks.{(step + 1) * model.block_size - 1}.hook_resid_post"]
         for name in ("p", "r", "g", "s", "wt", "ms", "mp"):
             assert torch.equal(L.read(h, name), torch.zeros_like(L.read(h, name))), name
         w = L.read(h, "w")

@@ -16,7 +16,7 @@ import torch
 import icgd.layers.attention as attention_mod
 from icgd.errors import ShapeError, SpecError
 from icgd.layers import (
-    EWML, HeadBank, KernelAttention, LinearAttention, MLP, ReLUAttention, RowMap, SoftmaxAttention, Transformer,
+    EWML, HeadBank, KernelAttention, LinearAttention, MLP, ReLUAttention, RowMap, SoftmaxAttention, SparseSoftmaxAttention, Transformer,
     ValueMap,
 )
 
@@ -612,20 +612,69 @@ def test_transformer_run_with_cache_records_every_layer(gen):
     out, cache = model.run_with_cache(h)
     x = h
     for i, layer in enumerate(layers):
-        close(cache[f"layers.{i}.hook_in"], x)
+        close(cache[f"blocks.{i}.hook_resid_pre"], x)
         x = layer(x)
-        close(cache[f"layers.{i}.hook_out"], x)
+        close(cache[f"blocks.{i}.hook_resid_post"], x)
     close(out, x)
-    close(cache["out", -1], x)
-    close(cache["in", 2], cache["layers.1.hook_out"])
-    assert list(cache) == [f"layers.{i}.hook_{k}" for i in range(4) for k in ("in", "out")]
+    close(cache["resid_post", -1], x)
+    close(cache["resid_pre", 2], cache["blocks.1.hook_resid_post"])
+    resid = [f"blocks.{i}.hook_resid_{k}" for i in range(4) for k in ("pre", "post")]
+    assert [k for k in cache if "resid" in k] == resid
+    # attention layers add their pattern and per-head output; every cache key is the module path of its hook point
+    assert [k for k in cache if "resid" not in k] == [f"layers.{i}.hook_{k}" for i in (1, 2) for k in ("pattern", "z")]
+    for name in cache:
+        assert model.get_submodule(name) is model.hook_points()[name]
     close(model(h, start=1, stop=3), layers[2](layers[1](h)))
-    _, only_out = model.run_with_cache(h, names_filter=lambda n: n.endswith("hook_out"))
-    assert sorted(only_out) == [f"layers.{i}.hook_out" for i in range(4)]
-    close(only_out["out", -1], x)  # negative index into a cache that holds no hook_in entries
-    close(only_out["out", 0], layers[0](h))
+    _, only_out = model.run_with_cache(h, names_filter=lambda n: n.endswith("hook_resid_post"))
+    assert sorted(only_out) == [f"blocks.{i}.hook_resid_post" for i in range(4)]
+    close(only_out["resid_post", -1], x)  # negative index into a cache that holds no resid_pre entries
+    close(only_out["resid_post", 0], layers[0](h))
     with pytest.raises(KeyError):
-        only_out["in", 0]
+        only_out["resid_pre", 0]
+
+
+def test_attention_pattern_and_z_hooks_rebuild_the_update(gen):
+    """hook_pattern and hook_z of every attention layer against the layer's equation computed here from its dense
+    per-head matrices; the materialising path gives the same output as the fast path."""
+    Q, K, V = rnd(gen, 3, 2, D), rnd(gen, 3, 2, D), rnd(gen, 3, D, D)
+    h = rnd(gen, B, T, D, scale=0.5)
+    for causal in (False, True):
+        mask = torch.ones(T, T, dtype=torch.float64).tril() if causal else torch.ones(T, T, dtype=torch.float64)
+        count = mask.sum(-1, keepdim=True)
+        scores = torch.einsum("mrd,btd,mre,bse->bmts", Q, h, K, h)
+        softmax = torch.softmax(scores.masked_fill(mask == 0, float("-inf")), -1)
+        for layer, pattern in ((ReLUAttention.from_dense(Q, K, V, causal=causal), torch.relu(scores) * mask / count),
+                               (SparseSoftmaxAttention(HeadBank.from_dense(Q, K, V), causal=causal), softmax)):
+            model = Transformer([layer], dim=D)
+            out, cache = model.run_with_cache(h)
+            close(cache["layers.0.hook_pattern"], pattern)
+            z = torch.einsum("bmts,mde,bse->btmd", pattern, V, h)
+            close(cache["layers.0.hook_z"], z)
+            close(out, h + z.sum(2))
+            close(out, layer(h))  # the unhooked fast path
+        dense = SoftmaxAttention(D, n_heads=2, d_head=3, causal=causal, generator=gen, dtype=torch.float64)
+        out, cache = Transformer([dense], dim=D).run_with_cache(h)
+        q, k = torch.einsum("hed,btd->bhte", dense.W_q, h), torch.einsum("hed,btd->bhte", dense.W_k, h)
+        w = torch.softmax((q @ k.transpose(-1, -2) / math.sqrt(3)).masked_fill(mask == 0, float("-inf")), -1)
+        close(cache["layers.0.hook_pattern"], w)
+        z = torch.einsum("bhts,hed,bsd,hfe->bthf", w, dense.W_v, h, dense.W_o)
+        close(cache["layers.0.hook_z"], z)
+        close(out, dense(h))
+
+
+def test_shared_layer_hooks_are_per_position(gen):
+    Q, K, V = rnd(gen, 2, 2, D), rnd(gen, 2, 2, D), rnd(gen, 2, D, D)
+    layer = ReLUAttention.from_dense(Q, K, V)
+    model = Transformer([layer, MLP(D, 3, generator=gen, dtype=torch.float64), layer], dim=D)
+    h = rnd(gen, B, T, D, scale=0.5)
+    _, cache = model.run_with_cache(h)
+    close(cache["layers.0.hook_z"].sum(2), cache["blocks.0.hook_resid_post"] - h)
+    close(cache["layers.2.hook_z"].sum(2), cache["blocks.2.hook_resid_post"] - cache["blocks.1.hook_resid_post"])
+    assert model.get_submodule("layers.2.hook_z") is layer.hook_z
+    seen = []
+    model.run_with_hooks(h, fwd_hooks=[("layers.2.hook_pattern", lambda a, n: seen.append(n))])
+    assert seen == ["layers.2.hook_pattern"]  # registered under position 2: not fired at position 0
+    assert not layer.hook_pattern.active  # removed on exit
 
 
 def test_transformer_run_with_hooks_edits_activation(gen):
@@ -639,12 +688,12 @@ def test_transformer_run_with_hooks_edits_activation(gen):
         act[:, 0] = 0.0
         return act
 
-    out = model.run_with_hooks(h, [("layers.1.hook_out", zero_token0)])
+    out = model.run_with_hooks(h, fwd_hooks=[("blocks.1.hook_resid_post", zero_token0)])
     x = layers[1](layers[0](h)).clone()
     x[:, 0] = 0.0
     expected = layers[3](layers[2](x))
     close(out, expected)
-    assert seen == ["layers.1.hook_out"]
+    assert seen == ["blocks.1.hook_resid_post"]
     assert not torch.allclose(out, model(h))  # the edit mattered, and the hook is gone afterwards
     close(model(h), layers[3](layers[2](layers[1](layers[0](h)))))
 
@@ -656,8 +705,12 @@ def test_transformer_rejects_bad_tokens_and_hook_names(gen):
     with pytest.raises(ShapeError, match=r"tokens must be \(batch, tokens, dim\)"):
         model(rnd(gen, T, D))
     from icgd.errors import ICGDError
-    with pytest.raises(ICGDError, match="no hook point 'layers.9.hook_out'"):
-        model.run_with_hooks(rnd(gen, B, T, D), [("layers.9.hook_out", lambda a, n: a)])
+    with pytest.raises(ICGDError, match="no hook point 'blocks.9.hook_resid_post'"):
+        model.run_with_hooks(rnd(gen, B, T, D), fwd_hooks=[("blocks.9.hook_resid_post", lambda a, n: a)])
+    with pytest.raises(RuntimeError, match="boom"):  # hooks are removed also when the forward pass raises
+        with model.hooks([("blocks.0.hook_resid_post", lambda a, n: a)]):
+            raise RuntimeError("boom")
+    assert not any(p.active for p in model.hook_points().values())
 
 
 def test_transformer_summary_rows(gen):

@@ -188,7 +188,10 @@ def test_constructions_are_transformers_with_hooks(gen):
     assert isinstance(model, Transformer)
     tokens, _ = model.tokens_for(X, Y, Xq)
     _, cache = model.run_with_cache(tokens)
-    assert set(cache) == {f"layers.{i}.hook_{k}" for i in range(2) for k in ("in", "out")}
+    resid = {f"blocks.{i}.hook_resid_{k}" for i in range(2) for k in ("pre", "post")}
+    assert set(cache) == resid | {f"layers.{i}.hook_{k}" for i in range(2) for k in ("pattern", "z")}
+    assert torch.allclose(cache["blocks.1.hook_resid_post"] - cache["blocks.1.hook_resid_pre"],
+                          cache["layers.1.hook_z"].sum(2), atol=1e-12)
 
 
 @pytest.mark.parametrize("call,err", [
@@ -210,8 +213,10 @@ def test_bad_prompts(gen):
     model = linear_gd(3, eta=0.1)
     with pytest.raises(ShapeError, match="d_in"):
         model.predict(X[..., :2], Y, Xq)
-    with pytest.raises(ShapeError, match="d_out"):
+    with pytest.raises(ShapeError, match="output axis"):
         model.predict(X, Y[..., 0], Xq)
+    with pytest.raises(ShapeError, match="d_out"):
+        model.predict(X, torch.cat([Y, Y], -1), Xq)
     with pytest.raises(NonFiniteError):
         model.predict(X, Y * float("nan"), Xq)
     with pytest.raises(ShapeError, match="labels"):

@@ -212,11 +212,18 @@ def test_hook_names_and_cache_order():
     model = small_model("relu")
     X, Y = prompt()
     _, cache = model.run_with_cache(X, Y)
-    per_block = ["hook_resid_pre", "attn.hook_pattern", "hook_attn_out", "hook_resid_mid", "hook_mlp_out",
-                 "hook_resid_post"]
+    per_block = ["hook_resid_pre", "attn.hook_pattern", "attn.hook_z", "hook_attn_out", "hook_resid_mid",
+                 "hook_mlp_out", "hook_resid_post"]
     expected = ["hook_embed"] + [f"blocks.{i}.{h}" for i in range(2) for h in per_block] + ["hook_resid_final"]
     assert list(cache) == expected
     assert sorted(model.hook_names()) == sorted(expected)
+    for name in expected:  # hook names are module paths
+        assert model.get_submodule(name) is model.hook_points()[name]
+    # hook_z holds the per-head outputs: c_proj of their concatenation is the attention output
+    z = cache["blocks.0.attn.hook_z"]
+    assert z.shape == (3, 12, 2, 8)
+    attn = model.blocks[0].attn
+    torch.testing.assert_close(attn.c_proj(z.flatten(2)), cache["blocks.0.hook_attn_out"], rtol=1e-12, atol=1e-12)
     assert cache["resid_post", -1] is cache["blocks.1.hook_resid_post"]
     assert cache["pattern", 0].shape == (3, 2, 12, 12)
     _, few = model.run_with_cache(X, Y, names_filter=lambda name: name.endswith("resid_post"))
@@ -298,6 +305,7 @@ def test_loop_hook_names_carry_the_pass():
     assert "loop.1.blocks.0.hook_resid_post" in cache and "loop.0.hook_embed" in cache
     assert "loop.1.hook_embed" not in cache
     assert cache["resid_post", 0, 1] is cache["loop.1.blocks.0.hook_resid_post"]
+    assert model.get_submodule("loop.1.blocks.0.hook_resid_post") is model.blocks[0].hook_resid_post
     seen = []
     model.run_with_hooks(X, Y, fwd_hooks=[("blocks.0.hook_resid_pre", lambda a, n: seen.append(n)),
                                           ("loop.1.blocks.0.hook_attn_out", lambda a, n: seen.append(n))])
@@ -322,12 +330,19 @@ def test_init_is_reproducible_and_gpt2_scaled():
     b = ICLTransformer(5, n_layer=4, n_head=2, n_embd=64, generator=torch.Generator().manual_seed(3))
     for (na, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
         assert torch.equal(pa, pb), na
-    proj = torch.cat([blk.mlp.c_proj.weight.flatten() for blk in a.blocks])
+    proj = torch.cat([blk.mlp.W2.flatten() for blk in a.blocks])
     assert abs(proj.std().item() - 0.02 / math.sqrt(8)) < 0.0005
-    assert abs(a.blocks[0].mlp.c_fc.weight.std().item() - 0.02) < 0.001
+    assert abs(a.blocks[0].mlp.W1.std().item() - 0.02) < 0.001
     assert torch.all(a.blocks[0].attn.c_attn.bias == 0)
-    assert a.config.d_mlp is None and a.blocks[0].mlp.c_fc.out_features == 256
+    assert a.config.d_mlp is None and a.blocks[0].mlp.width == 256
     assert ICLTransformer(**a.to_dict()).state_dict().keys() == a.state_dict().keys()
+    # checkpoints written when the MLP was two nn.Linear (mlp.c_fc.weight …) still load
+    names = {"W1": "c_fc.weight", "b1": "c_fc.bias", "W2": "c_proj.weight", "b2": "c_proj.bias"}
+    old = {(k.rpartition(".")[0] + "." + names[k.rpartition(".")[2]] if ".mlp." in k else k): v
+           for k, v in a.state_dict().items()}
+    c = ICLTransformer(5, n_layer=4, n_head=2, n_embd=64)
+    c.load_state_dict(old)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
 
 
 def test_float32_default_and_training_step():
@@ -360,7 +375,7 @@ def test_bad_arguments():
         model(torch.randn(2, 4, 5), torch.randn(2, 4, 1))
     with pytest.raises(ShapeError, match="output axis"):
         model(torch.randn(2, 4, 3), torch.randn(2, 4))
-    with pytest.raises(ShapeError, match="to match X"):
+    with pytest.raises(ShapeError, match="but X has"):
         model(torch.randn(2, 4, 3), torch.randn(2, 5, 1))
     X, Y = prompt()
     X[0, 0, 0] = float("nan")
@@ -411,24 +426,73 @@ def test_lsa_queries_are_independent_and_hooks():
     xq2[:, 0] += 1
     torch.testing.assert_close(lsa(X, Y, xq2)[:, 1:], base[:, 1:], rtol=0, atol=1e-15)
     out, cache = lsa.run_with_cache(X, Y, xq)
-    assert list(cache) == [f"blocks.{i}.{h}" for i in range(2)
-                           for h in ("hook_resid_pre", "attn.hook_pattern", "hook_resid_post")]
+    assert list(cache) == [f"{where}.{i}.{h}" for i in range(2) for where, h in
+                           (("blocks", "hook_resid_pre"), ("layers", "hook_pattern"), ("layers", "hook_z"),
+                            ("blocks", "hook_resid_post"))]
+    torch.testing.assert_close(cache["layers.1.hook_z"].sum(2),
+                               cache["blocks.1.hook_resid_post"] - cache["blocks.1.hook_resid_pre"])
     assert cache["pattern", 1].shape == (5, 1, 12, 9)
     torch.testing.assert_close(-cache["resid_post", -1][:, 9:, 4:], out)
     # editing the last pattern to zero leaves the query y-slot at its input value 0
-    zeroed = lsa.run_with_hooks(X, Y, xq, fwd_hooks=[("blocks.1.attn.hook_pattern", lambda a, n: a * 0)])
+    zeroed = lsa.run_with_hooks(X, Y, xq, fwd_hooks=[("layers.1.hook_pattern", lambda a, n: a * 0)])
     torch.testing.assert_close(zeroed, -cache["resid_post", 0][:, 9:, 4:])
+    # a shared LSA is one block looped n_layer times: names carry the application
+    shared = LSA(4, n_layer=3, shared=True, generator=torch.Generator().manual_seed(0)).to(F64)
+    out, cache = shared.run_with_cache(X, Y, xq)
+    assert [k for k in cache if k.endswith("hook_resid_post")] == [f"loop.{i}.blocks.0.hook_resid_post"
+                                                                   for i in range(3)]
+    torch.testing.assert_close(-cache["resid_post", 0, 2][:, 9:, 4:], out)
+    assert shared.get_submodule("loop.2.layers.0.hook_pattern") is shared.layers[0].hook_pattern
 
 
 def test_lsa_init_and_errors():
     lsa = LSA(10, n_layer=2, generator=torch.Generator().manual_seed(0))
-    assert abs(lsa.layers[0].W_Q.std().item() - math.sqrt(0.002 / 11)) < 0.003
+    assert abs(lsa.layers[0].W_q.std().item() - math.sqrt(0.002 / 11)) < 0.003
     assert LSA(3, n_layer=1, init_std=0.5).init_std == 0.5
     with pytest.raises(ShapeError, match=r"\(4, 4\)"):
         LSA(3, n_layer=1).set_weights(0, {"P": torch.zeros(3, 3)})
+    # checkpoints written with the paper's parameter names (layers.{i}.W_Q … .P) still load
+    a, b = LSA(3, n_layer=2, n_head=2, generator=torch.Generator().manual_seed(1)), LSA(3, n_layer=2, n_head=2)
+    names = {"W_q": "W_Q", "W_k": "W_K", "W_v": "W_V", "W_o": "P"}
+    old = {k.rpartition(".")[0] + "." + names[k.rpartition(".")[2]]: v for k, v in a.state_dict().items()}
+    b.load_state_dict(old)
+    assert all(torch.equal(b.weights(i)[k], a.weights(i)[k]) for i in range(2) for k in names.values())
     with pytest.raises(SpecError, match="W_K, W_Q, W_V and P"):
         LSA(3, n_layer=1).set_weights(0, {"W_O": torch.zeros(4, 4)})
     with pytest.raises(SpecError, match="layer"):
         LSA(3, n_layer=1).weights(1)
     with pytest.raises(ShapeError, match="x_query"):
         LSA(3, n_layer=1)(torch.randn(2, 4, 3), torch.randn(2, 4, 1), torch.randn(2, 3))
+
+
+def test_config_form_equals_keyword_form_and_every_option_is_a_train_key():
+    """ICLTransformer(config) and the keyword form build the same model; every model option is a TrainConfig key
+    and build_model passes it through (a non-default value of each changes the built model)."""
+    import dataclasses
+
+    from icgd.models import ICLTransformerConfig
+    from icgd.train import TrainConfig
+    from icgd.train.loop import build_model
+
+    cfg = ICLTransformerConfig(3, 1, n_layer=2, n_head=2, n_embd=16, max_points=12, d_mlp=24, mlp_activation="relu")
+    a = ICLTransformer(cfg, generator=torch.Generator().manual_seed(1))
+    b = ICLTransformer(3, 1, n_layer=2, n_head=2, n_embd=16, max_points=12, d_mlp=24, mlp_activation="relu",
+                       generator=torch.Generator().manual_seed(1))
+    assert a.config == b.config
+    for (na, pa), (nb, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert na == nb and torch.equal(pa, pb)
+    with pytest.raises(SpecError, match="n_embd"):
+        ICLTransformer(3, n_layer=2, n_head=2)
+    with pytest.raises(SpecError, match="unknown ICLTransformer option"):
+        ICLTransformer(3, n_layer=2, n_head=2, n_embd=16, widht=3)
+    renamed = {"max_points": "n_points"}
+    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    for f in dataclasses.fields(ICLTransformerConfig):
+        assert renamed.get(f.name, f.name) in train_keys, f.name
+    base = TrainConfig(d_in=3, n_layer=1, n_head=2, n_embd=16, n_points=6, eval_prompts=8)
+    changed = {"d_mlp": 24, "mlp_activation": "relu", "loop": 2, "loop_inject": True}
+    for key, value in changed.items():
+        extra = {"loop": 2} if key == "loop_inject" else {}
+        model = build_model(dataclasses.replace(base, **extra, **{key: value}))
+        assert getattr(model.config, key) == value
+    assert build_model(dataclasses.replace(base, d_mlp=24)).blocks[0].mlp.width == 24

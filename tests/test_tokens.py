@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from icgd.errors import LayoutError, NonFiniteError, ShapeError
+from icgd.errors import LayoutError, NonFiniteError, ShapeError, SpecError
 from icgd.tokens import Layout, from_columns, pack_prompt, to_columns
 
 
@@ -130,15 +130,15 @@ def test_pack_prompt_errors(gen):
     L = make_layout()
     X = torch.randn(2, 4, 3, generator=gen, dtype=torch.float64)
     Y = torch.randn(2, 4, 1, generator=gen, dtype=torch.float64)
-    with pytest.raises(ShapeError, match="X has last dimension 2 but the layout's x slot is 3"):
+    with pytest.raises(ShapeError, match="X has last dimension 2 but d_in is 3"):
         pack_prompt(L, X[..., :2], Y)
-    with pytest.raises(ShapeError, match="Y has last dimension 2 but the layout's y slot is 1"):
+    with pytest.raises(ShapeError, match="Y has last dimension 2 but d_out is 1"):
         pack_prompt(L, X, torch.cat([Y, Y], -1))
-    with pytest.raises(ShapeError, match=r"Y has shape \(2, 3, 1\) but X has 2 prompts of 4 points"):
+    with pytest.raises(ShapeError, match=r"Y has shape \(2, 3, 1\) but X has 2 prompts and 4 pairs"):
         pack_prompt(L, X, Y[:, :3])
-    with pytest.raises(ShapeError, match="x_query has last dimension 2 but d_in of X is 3"):
+    with pytest.raises(ShapeError, match=r"x_query has shape \(2, 1, 2\), expected \(2, 'm', 3\)"):
         pack_prompt(L, X, Y, torch.zeros(2, 1, 2, dtype=torch.float64))
-    with pytest.raises(ShapeError, match="x_query has 3 prompts but X has 2"):
+    with pytest.raises(ShapeError, match=r"x_query has shape \(3, 1, 3\), expected \(2, 'm', 3\)"):
         pack_prompt(L, X, Y, torch.zeros(3, 1, 3, dtype=torch.float64))
     with pytest.raises(ShapeError, match="w has 3 rows but there are 2 prompts"):
         pack_prompt(L, X, Y, w=torch.zeros(3, 6, dtype=torch.float64))
@@ -166,3 +166,44 @@ def test_columns_round_trip(gen):
     # from_columns of an explicit column matrix puts column j in row j
     Hc = torch.arange(6.0).reshape(1, 2, 3)  # D = 2, T = 3: columns [0, 3], [1, 4], [2, 5]
     assert from_columns(Hc)[0].tolist() == [[0.0, 3.0], [1.0, 4.0], [2.0, 5.0]]
+
+
+def test_one_validator_and_one_protocol_for_learners_constructions_and_trained_models(gen):
+    """The same bad prompt gives the same error from a reference learner, a construction and the trained models;
+    a 2-D prompt is one unbatched prompt everywhere (its predictions equal the batched ones without the axis)."""
+    from icgd.constructions import deep_gd, linear_gd
+    from icgd.learners import Ridge
+    from icgd.models import LSA, ICLTransformer
+    from icgd.nets import NetSpec, init_weights
+
+    X = torch.randn(2, 6, 3, generator=gen, dtype=torch.float64)
+    Y = torch.randn(2, 6, 1, generator=gen, dtype=torch.float64)
+    xq = torch.randn(2, 2, 3, generator=gen, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    learners = [Ridge(0.1), linear_gd(3, eta=0.1, steps=2),
+                ICLTransformer(3, n_layer=1, n_head=1, n_embd=8, max_points=8, generator=g).double(),
+                LSA(3, n_layer=1, generator=g).double()]
+    messages = set()
+    for learner in learners:
+        with pytest.raises(ShapeError) as err:
+            learner.predict(X, Y[:, :5], xq)
+        messages.add(str(err.value))
+        with pytest.raises(ShapeError, match="trailing output axis"):
+            learner.predict(X, Y[..., 0], xq)
+        batched = learner.predict(X, Y, xq)
+        assert batched.shape == (2, 2, 1)
+        torch.testing.assert_close(learner.predict(X[1], Y[1], xq[1]), batched[1], rtol=1e-12, atol=1e-12)
+    assert len(messages) == 1, messages
+    trained = learners[2]
+    prefix = trained.prefix_predictions(X, Y)  # row i from the pairs before i = a query after i pairs
+    for i in (1, 4):
+        torch.testing.assert_close(prefix[:, i:i + 1], trained.predict(X[:, :i], Y[:, :i], X[:, i:i + 1]),
+                                   rtol=1e-10, atol=1e-12)
+    # Wu's construction: the GD start is a keyword or an attribute, so predict(X, Y, x_query) is the protocol
+    spec = NetSpec(d_in=3, width=2, depth=2, d_out=1, activation="sigmoid")
+    model = deep_gd(spec, eta=0.5, steps=1, box=1.0, knots=16, x_bound=10.0)
+    w0 = init_weights(spec, 1, generator=torch.Generator().manual_seed(1)).clamp(-1, 1)
+    with pytest.raises(SpecError, match="w0"):
+        model.predict(X, Y, xq)
+    model.w0 = w0
+    torch.testing.assert_close(model.predict(X, Y, xq), model.predict(X, Y, xq, w0=w0), rtol=0, atol=0)

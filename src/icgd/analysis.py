@@ -212,14 +212,30 @@ def r2_per_position(pred, target) -> torch.Tensor:
 
     This is the per-position reading of Wu et al. 2025's "mean R-squared value" vs number of in-context examples
     (§5; the paper does not define it: R² over a batch of prompts at each position, then averaged over batches
-    by the caller). `pred`, `target`: ``(B, n)`` or ``(B, n, d_out)`` with B ≥ 2.
+    by the caller). `pred`, `target`: ``(B, n)`` or ``(B, n, d_out)`` with B ≥ 2; `pred` may carry leading axes,
+    ``(..., B, n[, d_out])`` → ``(..., n)`` (e.g. one set of predictions per training epoch). This is icgd's one
+    R² per position (the direct-training baseline scores with it too).
     """
-    a, b = _pred_target(pred, target)
-    if a.shape[0] < 2:
-        raise ShapeError(f"R² per position needs at least 2 prompts in the batch, got shape {tuple(a.shape)}")
-    ss_res = ((a - b) ** 2).sum(0)
+    a, b = _leading(pred, target)
+    if b.shape[0] < 2:
+        raise ShapeError(f"R² per position needs at least 2 prompts in the batch, got shape {tuple(b.shape)}")
+    ss_res = ((a - b) ** 2).sum(-3)
     ss_tot = ((b - b.mean(0, keepdim=True)) ** 2).sum(0)
     return _r2_from_sums(ss_res, ss_tot).mean(-1)
+
+
+def _leading(pred, target) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_pred_target` for a `pred` that may have extra leading axes: ``(..., B, n, d_out)`` and
+    ``(B, n, d_out)``."""
+    p = _tensor(pred, "pred")
+    k = p.dim() - _tensor(target, "target").dim()
+    if k <= 0:
+        return _pred_target(p, target)
+    _, b = _pred_target(p[(0,) * k], target)
+    if tuple(p.shape[k:]) != tuple(_tensor(target, "target").shape):
+        raise ShapeError(f"pred must end with the shape of target, got {tuple(p.shape)} and "
+                         f"{tuple(_tensor(target, 'target').shape)}")
+    return (p if p.dim() - k == 3 else p.unsqueeze(-1)), b
 
 
 def r2_score(pred, target) -> float:
@@ -704,9 +720,6 @@ def attention_map(cache: Mapping[str, torch.Tensor], name: str, head: int | None
 # ---------------------------------------------------------------------------------------------------------------
 # trained vs constructed LSA weights (von Oswald et al. 2023, App. A.3)
 
-_ALIASES = {"W_K": ("W_K", "W_k"), "W_Q": ("W_Q", "W_q"), "W_V": ("W_V", "W_v"), "P": ("P", "W_O", "W_o")}
-
-
 def _lsa_products(weights, which: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``W_KQ = Σ_h W_K,hᵀ W_Q,h`` and ``W_PV = Σ_h P_h W_V,h``, each ``(D, D)``."""
     if not isinstance(weights, Mapping):
@@ -715,12 +728,11 @@ def _lsa_products(weights, which: str) -> tuple[torch.Tensor, torch.Tensor]:
         kq, pv = _tensor(weights["W_KQ"], f"{which}['W_KQ']"), _tensor(weights["W_PV"], f"{which}['W_PV']")
     else:
         got = {}
-        for key, aliases in _ALIASES.items():
-            found = [a for a in aliases if a in weights]
-            if not found:
+        for key in ("W_K", "W_Q", "W_V", "P"):  # the paper's names, as LSA.weights and von_oswald_weights give them
+            if key not in weights:
                 raise SpecError(f"{which} lacks {key} (keys {list(weights)}); pass W_K, W_Q, W_V and P "
                                 "(or the products W_KQ and W_PV)")
-            got[key] = _tensor(weights[found[0]], f"{which}[{found[0]!r}]")
+            got[key] = _tensor(weights[key], f"{which}[{key!r}]")
         WK, WQ, WV, P = got["W_K"], got["W_Q"], got["W_V"], got["P"]
         dims = {t.dim() for t in got.values()}
         if dims not in ({2}, {3}):
@@ -756,7 +768,8 @@ def compare_lsa_weights(trained: Mapping, constructed: Mapping, *, d_x: int | No
     ``(P W_V)_yy = −η I`` in icgd's convention where the layer divides by n; with the paper's ``P = η/N`` this is
     ``η/N``).
 
-    `trained`, `constructed`: dicts with ``W_K, W_Q, W_V, P`` (aliases ``W_k, W_q, W_v, W_o``), each ``(D, D)``
+    `trained`, `constructed`: dicts with ``W_K, W_Q, W_V, P`` (von Oswald et al.'s names, as
+    :meth:`icgd.models.LSA.weights` and :func:`icgd.constructions.von_oswald_weights` return them), each ``(D, D)``
     or per head ``(H, ·, D)``/``(H, D, ·)``, or with the products ``W_KQ, W_PV``. With several heads the heads'
     products are summed (exact for the sum over heads only when all heads share one W_KQ up to scale; a summary
     otherwise). Token coordinates are ``[x (d_x) | y (d_y) | rest]``; ``d_x`` defaults to ``D − d_y``.

@@ -77,8 +77,9 @@ def demo(
 
 @app.command()
 def construct(
-    kind: str = typer.Argument("deep", help="deep (Wu), linear / gdpp (von Oswald), ridge / sgd (Akyürek), "
-                                            "functional (Cheng), convex (Bai)"),
+    kind: str = typer.Argument("deep", help="a name of icgd.constructions.registry: deep (Wu), deep_softmax, "
+                                            "linear / gdpp (von Oswald), ridge / sgd (Akyürek), functional (Cheng), "
+                                            "convex (Bai)"),
     depth: int = typer.Option(3, "--depth", help="deep: N, number of weight layers"),
     width: int = typer.Option(8, "--width", help="deep: K, hidden width"),
     d_in: Optional[int] = typer.Option(None, "--d-in", help="input dimension (deep: 3, others: 5)"),
@@ -107,11 +108,12 @@ def construct(
 ) -> None:
     """Build a construction, run it on random prompts (or --data) and compare it with the algorithm it encodes."""
     from icgd._checks import positive_int
-    from icgd.experiments.linear_constructions import KINDS
+    from icgd.constructions.registry import check, get
 
     for flag, value in (("--steps", steps), ("--n", n), ("--d-in", d_in)):
         if value is not None:
             positive_int(value, flag)
+    entry = get(kind)
     if data is not None and kind != "deep":
         raise ICGDError(f"--data works with `icgd construct deep` only, not {kind!r}")
     if kind == "deep" and data is not None:
@@ -120,20 +122,17 @@ def construct(
     elif kind == "deep":
         _construct_deep(depth, width, d_in or 3, d_out, activation, 10 if steps is None else steps,
                         2.0 if eta is None else eta, knots, box, n or 50, seed, sweep, out_dir, device)
-    elif kind in KINDS:
-        from icgd.experiments.linear_constructions import LinearCheckConfig, run_linear_check
-
-        cfg = LinearCheckConfig(kind=kind, d_in=d_in or 5, n=n or 20, steps=3 if steps is None else steps,
-                                eta=0.3 if eta is None else eta, gamma=gamma, lam=lam, kernel=kernel,
-                                bandwidth=bandwidth, loss=loss, knots=knots, variant=variant, seed=seed)
-        res = run_linear_check(cfg)
+    else:  # every other construction: the registry's check against its reference learner
+        flags = dict(d_in=d_in, n=n, steps=steps, eta=eta, gamma=gamma, lam=lam, kernel=kernel, bandwidth=bandwidth,
+                     loss=loss, knots=knots, variant=variant, seed=seed, depth=depth, width=width, d_out=d_out,
+                     activation=activation, box=box)
+        res = check(kind, **{k: v for k, v in flags.items() if k in {**entry.options, "d_in": 0, "n": 0, "seed": 0}})
+        s = res.setting
         console.print(_layer_table(res.summary, f"{kind}: {len(res.summary)} layers"))
         console.print(f"reference: {res.reference}")
         console.print(f"max |ŷ_transformer − ŷ_reference| = [bold]{res.max_abs_error:.2e}[/bold] "
-                      f"(relative {res.rel_error:.2e}) on {cfg.batch} prompts × {cfg.m} queries, n = {cfg.n}; "
+                      f"(relative {res.rel_error:.2e}) on {s['batch']} prompts × {s['m']} queries, n = {s['n']}; "
                       f"forward pass {res.seconds * 1e3:.1f} ms")
-    else:
-        raise ICGDError(f"unknown construction {kind!r}; available: deep, {', '.join(KINDS)}")
 
 
 def _check_deep_memory(spec, knots: int, box, tokens: int, device: str) -> None:

@@ -11,8 +11,9 @@ ICLR 2024, "looped transformers").
 tokens with query tokens ``(x_q, 0)``; its layers are those of :func:`icgd.constructions.linear_gd`, so a trained
 LSA can be compared with the GD construction matrix for matrix (:meth:`LSA.weights`).
 
-Both expose TransformerLens-style hook points (:meth:`hook_points`, :meth:`hooks`, :meth:`run_with_hooks`,
-:meth:`run_with_cache`); hook functions are called as ``fn(activation, name)`` and may return a replacement.
+Both are hooked models (:class:`icgd.hooks.HookedModel`: :meth:`hook_points`, :meth:`hooks`, :meth:`run_with_hooks`,
+:meth:`run_with_cache`; hook names are module paths, listed in :mod:`icgd.hooks`); hook functions are called as
+``fn(activation, name)`` and may return a replacement.
 
 Shapes: B prompts, n context points, m queries, T tokens, E = n_embd, H heads, dh = E / H.
 """
@@ -20,146 +21,24 @@ Shapes: B prompts, n context points, m queries, T tokens, E = n_embd, H heads, d
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, fields
 from functools import cached_property
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from icgd._checks import as_float_tensor, check_last_dim, positive_float, positive_int
-from icgd.errors import ICGDError, ShapeError, SpecError
-from icgd.layers.transformer import HookPoint
-
-HookFn = Callable[[torch.Tensor, str], torch.Tensor | None]
+from icgd._checks import as_float_tensor, positive_float, positive_int
+from icgd.errors import ShapeError, SpecError
+from icgd.hooks import HookedModel, HookPoint
+from icgd.layers.attention import LinearAttention
+from icgd.layers.mlp import MLP
+from icgd.tokens import Prompt, check_prompt
 
 ATTENTION_KINDS = ("softmax", "relu", "linear")
 TOKEN_FORMATS = ("interleaved", "concat")
-# GELU with erf is GPT-2's GELU computed exactly; PyTorch's CPU kernel for the tanh approximation that GPT-2
-# shipped ("gelu_tanh") is about 3x slower, and the two differ by < 1e-3
-MLP_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "relu": nn.ReLU,
-}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# hooks shared by both models
-
-
-class ModelCache(dict):
-    """Activations by full hook name; ``cache["resid_post", 3]``, ``cache["pattern", -1]`` and, for looped models,
-    ``cache["resid_post", 3, k]`` (pass k) are shorthands in the style of TransformerLens."""
-
-    def __init__(self, *args, n_layer: int = 0, looped: bool = False):
-        super().__init__(*args)
-        self.n_layer, self.looped = n_layer, looped
-
-    def __getitem__(self, key):
-        if isinstance(key, tuple):
-            kind, layer, *rest = key
-            layer = layer % self.n_layer if self.n_layer else layer
-            name = f"blocks.{layer}.attn.hook_pattern" if kind == "pattern" else f"blocks.{layer}.hook_{kind}"
-            if self.looped:
-                name = f"loop.{rest[0] if rest else 0}.{name}"
-            key = name
-        return super().__getitem__(key)
-
-
-class HookedModel(nn.Module):
-    """Hook dispatch in the spirit of TransformerLens's ``HookedRootModule``.
-
-    Every :class:`~icgd.layers.HookPoint` is named by its module path (``blocks.2.attn.hook_pattern``). A model
-    whose forward pass runs its blocks several times (``loop > 1``) sets :attr:`_prefix` to ``"loop.{k}."``
-    during pass k: full hook names then carry that prefix, and a hook registered under a plain name fires on
-    every pass while one registered under ``loop.{k}.…`` fires on pass k only.
-    """
-
-    _passes: int = 1
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._prefix = ""
-
-    def _name_hook_points(self) -> None:
-        for name, mod in self.named_modules():
-            if isinstance(mod, HookPoint):
-                mod.name = name
-
-    def hook_points(self) -> dict[str, HookPoint]:
-        """Hook points by module path (without loop prefix)."""
-        return {name: mod for name, mod in self.named_modules() if isinstance(mod, HookPoint)}
-
-    def _prefixes(self) -> list[str]:
-        return [""] if self._passes == 1 else [f"loop.{k}." for k in range(self._passes)]
-
-    def hook_names(self) -> list[str]:
-        """Every full hook name a forward pass can produce."""
-        return [p + name for p in self._prefixes() for name in self.hook_points()]
-
-    def _resolve(self, name: str) -> tuple[str, str | None]:
-        """``name`` → (hook-point path, the pass prefix it is restricted to or None for every pass)."""
-        points, prefix = self.hook_points(), None
-        if name.startswith("loop."):
-            head, _, rest = name[5:].partition(".")
-            if not head.isdigit() or int(head) >= self._passes:
-                raise ICGDError(f"no hook point {name!r}: this model runs {self._passes} pass(es), "
-                                f"so loop prefixes go from 'loop.0.' to 'loop.{self._passes - 1}.'")
-            prefix, name = (f"loop.{head}." if self._passes > 1 else ""), rest
-        if name not in points:
-            example = next(iter(points), "blocks.0.hook_resid_post")
-            raise ICGDError(f"no hook point {name!r}; names look like {example!r} (see model.hook_names())")
-        return name, prefix
-
-    @contextmanager
-    def hooks(self, fwd_hooks: Iterable[tuple[str, HookFn]]) -> Iterator[HookedModel]:
-        """Attach ``(name, fn)`` hooks for the duration of the block. ``fn(activation, full_name)`` may return a
-        replacement activation. Hooks are always removed on exit."""
-        points, handles = self.hook_points(), []
-
-        def wrap(fn: HookFn, only: str | None):
-            def hook(mod, args, out):
-                if only is not None and self._prefix != only:
-                    return None
-                return fn(out, self._prefix + mod.name)
-            return hook
-
-        try:
-            for name, fn in fwd_hooks:
-                path, only = self._resolve(name)
-                handles.append(points[path].register_forward_hook(wrap(fn, only)))
-            yield self
-        finally:
-            for h in handles:
-                h.remove()
-
-    def run_with_hooks(self, *inputs, fwd_hooks: Iterable[tuple[str, HookFn]]) -> torch.Tensor:
-        """``self(*inputs)`` with the hooks attached."""
-        with self.hooks(fwd_hooks):
-            return self(*inputs)
-
-    def run_with_cache(self, *inputs, names_filter: Callable[[str], bool] | None = None
-                       ) -> tuple[torch.Tensor, ModelCache]:
-        """The output and every hooked activation (detached), keyed by full hook name in execution order.
-
-        Caching ``attn.hook_pattern`` makes softmax attention materialise its ``(B, H, T, T)`` weights instead of
-        using the fused kernel; filter it out (``names_filter``) for a cheaper cache."""
-        cache = ModelCache(n_layer=len(getattr(self, "blocks", [])), looped=self._passes > 1)
-
-        def save(act: torch.Tensor, name: str) -> None:
-            if names_filter is None or names_filter(name):
-                cache[name] = act.detach()
-
-        wanted = [path for path in self.hook_points()
-                  if names_filter is None or any(names_filter(p + path) for p in self._prefixes())]
-        out = self.run_with_hooks(*inputs, fwd_hooks=[(path, save) for path in wanted])
-        return out, cache
-
-
-def _hooked(point: HookPoint) -> bool:
-    """Whether anything listens to `point` (then activations that are normally fused away are materialised)."""
-    return bool(point._forward_hooks)
+MLP_ACTIVATIONS = ("gelu", "gelu_tanh", "relu")  # of icgd.layers.MLP; GELU with erf is GPT-2's GELU computed exactly
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -168,7 +47,10 @@ def _hooked(point: HookPoint) -> bool:
 
 @dataclass(frozen=True)
 class ICLTransformerConfig:
-    """Hyper-parameters of :class:`ICLTransformer`; ``ICLTransformer(**asdict(config))`` rebuilds the model."""
+    """Hyper-parameters of :class:`ICLTransformer` (nanoGPT's ``GPTConfig``): ``ICLTransformer(config)`` builds the
+    model, and ``ICLTransformer(d_in, d_out, n_layer=…, n_head=…, n_embd=…, …)`` takes the same fields as keywords.
+    Every field is also a key of :class:`icgd.train.TrainConfig` (``icgd train --set``), with ``max_points`` =
+    ``n_points`` and ``d_mlp = 0`` for the default width."""
 
     d_in: int
     d_out: int = 1
@@ -250,7 +132,7 @@ class Visibility:
 
 def softmax_attention(q, k, v, vis: Visibility, hook: HookPoint) -> torch.Tensor:
     """``softmax(q kᵀ/√dh) v`` over the visible keys; the fused SDPA kernel unless `hook` listens."""
-    if not _hooked(hook):
+    if not hook.active:
         if vis.is_causal:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=vis.allowed)
@@ -270,7 +152,7 @@ def _scores(q, k, vis: Visibility) -> torch.Tensor:
 def _normalised(att, v, vis: Visibility, hook: HookPoint) -> torch.Tensor:
     """``pattern @ v`` with pattern = att · (1/√dh) / (number of visible keys)."""
     scale = vis.inv_count * (1.0 / math.sqrt(v.shape[-1]))  # (T, 1)
-    if _hooked(hook):  # materialise the pattern actually applied to the values
+    if hook.active:  # materialise the pattern actually applied to the values
         return hook(att * scale) @ v
     return (att @ v).mul_(scale)  # scale the (T, dh) output, not the (T, T) scores
 
@@ -300,7 +182,8 @@ class SelfAttention(nn.Module):
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.attend = ATTENTION[cfg.attention]
-        self.hook_pattern = HookPoint("")  # (B, H, T, T), only when hooked
+        self.hook_pattern = HookPoint()  # (B, H, T, T), only when hooked
+        self.hook_z = HookPoint()  # (B, T, H, dh): per-head output before c_proj
 
     def forward(self, x: torch.Tensor, vis: Visibility, keep: slice | None = None) -> torch.Tensor:
         """Attention output of every token, or of the query tokens `keep` only (all tokens stay keys)."""
@@ -312,25 +195,18 @@ class SelfAttention(nn.Module):
         if keep is not None:
             q, vis = q[:, :, keep], vis.rows(keep)
         y = self.attend(q, k, v, vis, self.hook_pattern)  # (B, H, T_q, dh)
-        return self.c_proj(y.transpose(1, 2).reshape(B, q.shape[2], E))
+        return self.c_proj(self.hook_z(y.transpose(1, 2)).reshape(B, q.shape[2], E))
 
 
-class MLP(nn.Module):
-    """GPT-2's position-wise MLP: Linear → activation → Linear.
+def _mlp(cfg: ICLTransformerConfig) -> MLP:
+    """GPT-2's position-wise MLP, Linear → activation → Linear, as :class:`icgd.layers.MLP` (``residual=False``).
 
     The GELU output is stored for backward rather than recomputed there: recomputing saved B·T·d_mlp floats per
     block but cost ~1.5% of a training step at 6 layers/128 wide on CPU, and the model stays at about half of the
-    HuggingFace GPT-2 setup's training memory without it (benchmarks/RESULTS.md)."""
-
-    def __init__(self, cfg: ICLTransformerConfig):
-        super().__init__()
-        width = cfg.d_mlp or 4 * cfg.n_embd
-        self.c_fc = nn.Linear(cfg.n_embd, width)
-        self.act = MLP_ACTIVATIONS[cfg.mlp_activation]()
-        self.c_proj = nn.Linear(width, cfg.n_embd)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(self.act(self.c_fc(x)))
+    HuggingFace GPT-2 setup's training memory without it (benchmarks/RESULTS.md). Its weights are drawn by
+    :meth:`ICLTransformer.reset_parameters` (a throw-away generator here leaves the global RNG alone)."""
+    return MLP(cfg.n_embd, cfg.d_mlp or 4 * cfg.n_embd, bias=True, residual=False, activation=cfg.mlp_activation,
+               generator=torch.Generator())
 
 
 def _normal_(p: torch.Tensor, std: float, generator: torch.Generator | None) -> None:
@@ -351,12 +227,12 @@ class Block(nn.Module):
         self.ln_1 = _norm(cfg)
         self.attn = SelfAttention(cfg)
         self.ln_2 = _norm(cfg) if cfg.mlp else None
-        self.mlp = MLP(cfg) if cfg.mlp else None
-        self.hook_resid_pre = HookPoint("")  # (B, T, E)
-        self.hook_attn_out = HookPoint("")  # (B, T, E)
-        self.hook_resid_mid = HookPoint("")  # (B, T, E), only with an MLP
-        self.hook_mlp_out = HookPoint("")  # (B, T, E), only with an MLP
-        self.hook_resid_post = HookPoint("")  # (B, T, E)
+        self.mlp = _mlp(cfg) if cfg.mlp else None
+        self.hook_resid_pre = HookPoint()  # (B, T, E)
+        self.hook_attn_out = HookPoint()  # (B, T, E)
+        self.hook_resid_mid = HookPoint()  # (B, T, E), only with an MLP
+        self.hook_mlp_out = HookPoint()  # (B, T, E), only with an MLP
+        self.hook_resid_post = HookPoint()  # (B, T, E)
 
     def forward(self, x: torch.Tensor, vis: Visibility, keep: slice | None = None) -> torch.Tensor:
         """The block on every token, or, with `keep`, only the outputs of those tokens (the last block of a model
@@ -405,9 +281,9 @@ class ICLTransformer(HookedModel):
     2024); with ``loop_inject`` the embedded input is added to the residual stream before every pass after the
     first (their ``z ← f(z + x)``). :meth:`loop_predictions` reads out after every pass.
 
-    **Hook points** (full names; prefixed by ``loop.{k}.`` when ``loop > 1``): ``hook_embed`` (read-in +
-    positions), ``blocks.{i}.hook_resid_pre``, ``blocks.{i}.attn.hook_pattern`` (B, H, T, T),
-    ``blocks.{i}.hook_attn_out``, ``blocks.{i}.hook_resid_mid``, ``blocks.{i}.hook_mlp_out``,
+    **Hook points** (:mod:`icgd.hooks`; full names, prefixed by ``loop.{k}.`` when ``loop > 1``): ``hook_embed``
+    (read-in + positions), ``blocks.{i}.hook_resid_pre``, ``blocks.{i}.attn.hook_pattern`` (B, H, T, T),
+    ``blocks.{i}.attn.hook_z`` (B, T, H, dh: the head outputs before ``c_proj``), ``blocks.{i}.hook_attn_out``, ``blocks.{i}.hook_resid_mid``, ``blocks.{i}.hook_mlp_out``,
     ``blocks.{i}.hook_resid_post``, ``hook_resid_final`` (before the final LayerNorm, once per pass);
     ``hook_embed`` fires once, in pass 0. Softmax attention weights are only materialised when a hook
     listens to ``hook_pattern`` (SDPA does not expose them); ReLU/linear patterns are normalised weights.
@@ -416,21 +292,29 @@ class ICLTransformer(HookedModel):
     biases 0, LayerNorm (1, 0); pass a ``torch.Generator`` for a reproducible init.
     """
 
-    def __init__(self, d_in: int, d_out: int = 1, *, n_layer: int, n_head: int, n_embd: int,
-                 attention: str = "softmax", causal: bool = True, token_format: str = "interleaved",
-                 max_points: int = 101, mlp: bool = True, layernorm: bool = True, loop: int = 1,
-                 loop_inject: bool = False, d_mlp: int | None = None, mlp_activation: str = "gelu",
-                 generator: torch.Generator | None = None):
+    def __init__(self, d_in: int | ICLTransformerConfig, d_out: int = 1, *, generator: torch.Generator | None = None,
+                 **options):
         super().__init__()
-        cfg = ICLTransformerConfig(d_in, d_out, n_layer, n_head, n_embd, attention, causal, token_format,
-                                   max_points, mlp, layernorm, loop, loop_inject, d_mlp, mlp_activation)
+        if isinstance(d_in, ICLTransformerConfig):
+            if options or d_out != 1:
+                raise SpecError("pass either an ICLTransformerConfig or the keyword arguments, not both")
+            cfg = d_in
+        else:
+            missing = [k for k in ("n_layer", "n_head", "n_embd") if k not in options]
+            if missing:
+                raise SpecError(f"ICLTransformer needs {', '.join(missing)} (or an ICLTransformerConfig)")
+            unknown = sorted(set(options) - {f.name for f in fields(ICLTransformerConfig)})
+            if unknown:
+                raise SpecError(f"unknown ICLTransformer option(s) {', '.join(unknown)}; the options are the fields "
+                                f"of ICLTransformerConfig")
+            cfg = ICLTransformerConfig(d_in, d_out, **options)
         self.config = cfg
         self._passes = cfg.loop
         self.read_in = nn.Linear(cfg.token_dim, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.tokens_per_point * cfg.max_points, cfg.n_embd)
-        self.hook_embed = HookPoint("")  # (B, T, E)
+        self.hook_embed = HookPoint()  # (B, T, E)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.hook_resid_final = HookPoint("")  # (B, T, E)
+        self.hook_resid_final = HookPoint()  # (B, T, E)
         self.ln_f = _norm(cfg)
         self.read_out = nn.Linear(cfg.n_embd, cfg.d_out)
         self._name_hook_points()
@@ -441,11 +325,11 @@ class ICLTransformer(HookedModel):
         """GPT-2 initialisation (see the class docstring), drawn from `generator` when given."""
         std, proj_std = 0.02, 0.02 / math.sqrt(2 * self.config.n_layer)
         for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
+            if name.endswith(("c_proj.weight", "mlp.W2")):  # the projections into the residual stream
                 _normal_(p, proj_std, generator)
-            elif name.endswith("weight") and p.dim() >= 2:
+            elif name.endswith(("weight", "W1")) and p.dim() >= 2:
                 _normal_(p, std, generator)
-            elif name.endswith("bias"):
+            elif name.endswith(("bias", "b1", "b2")):
                 nn.init.zeros_(p)
             else:  # LayerNorm gains
                 nn.init.ones_(p)
@@ -455,21 +339,11 @@ class ICLTransformer(HookedModel):
 
     # --- inputs ---------------------------------------------------------------------------------------------
 
-    def _check(self, X, Y, x_query) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _check(self, X, Y, x_query) -> Prompt:
+        """The prompt validated by :func:`icgd.tokens.check_prompt`, plus the model's own limits."""
         cfg, p = self.config, self.read_in.weight
-        X = as_float_tensor(X, "X", p.dtype).to(p.device)
-        Y = as_float_tensor(Y, "Y", p.dtype).to(p.device)
-        for name, t in (("X", X), ("Y", Y)):
-            if t.dim() != 3:
-                raise ShapeError(f"{name} must be (batch, n, dim), got shape {tuple(t.shape)}; add a batch axis "
-                                 f"with {name}[None]{' or an output axis with Y[..., None]' if name == 'Y' else ''}")
-        check_last_dim(X, "X", cfg.d_in, "the model's d_in")
-        check_last_dim(Y, "Y", cfg.d_out, "the model's d_out")
-        if Y.shape[:2] != X.shape[:2]:
-            raise ShapeError(f"Y has shape {tuple(Y.shape)}, expected {tuple(X.shape[:2]) + (cfg.d_out,)} to match X")
-        n = X.shape[1]
-        if n < 1:
-            raise ShapeError("the prompt needs at least one (x, y) pair")
+        prompt = check_prompt(X, Y, x_query, d_in=cfg.d_in, d_out=cfg.d_out, dtype=p.dtype, device=p.device)
+        n = prompt.X.shape[1]
         if x_query is None:
             if not cfg.causal:
                 raise SpecError("a non-causal ICLTransformer sees y_i when predicting y_i; pass x_query to predict "
@@ -477,15 +351,10 @@ class ICLTransformer(HookedModel):
             if n > cfg.max_points:
                 raise ShapeError(f"the prompt has {n} points but the model has learned positions for "
                                  f"max_points={cfg.max_points}; shorten the prompt or build a larger model")
-            return X, Y, None
-        xq = as_float_tensor(x_query, "x_query", p.dtype).to(p.device)
-        if xq.dim() != 3 or xq.shape[0] != X.shape[0]:
-            raise ShapeError(f"x_query must be (batch, m, d_in) with batch {X.shape[0]}, got {tuple(xq.shape)}")
-        check_last_dim(xq, "x_query", cfg.d_in, "the model's d_in")
-        if n + 1 > cfg.max_points:
+        elif n + 1 > cfg.max_points:
             raise ShapeError(f"queries after {n} context points sit at point {n + 1} but the model has learned "
                              f"positions for max_points={cfg.max_points}; shorten the context or build a larger model")
-        return X, Y, xq
+        return prompt
 
     def _tokens(self, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
         """Context tokens already read in, ``(B, T_ctx, E)`` (no positions)."""
@@ -536,12 +405,11 @@ class ICLTransformer(HookedModel):
         if out == slice(0, T, 1):
             return False
         points = [self.hook_resid_final, *(m for m in self.blocks[-1].modules() if isinstance(m, HookPoint))]
-        return not any(_hooked(p) for p in points)
+        return not any(p.active for p in points)
 
-    def _passes_iter(self, X, Y, x_query) -> Iterator[torch.Tensor]:
+    def _passes_iter(self, prompt: Prompt) -> Iterator[torch.Tensor]:
         """The residual stream of the prediction tokens after every pass through the blocks."""
-        X, Y, xq = self._check(X, Y, x_query)
-        e, vis, out = self._embed(X, Y, xq)
+        e, vis, out = self._embed(prompt.X, prompt.Y, prompt.x_query)
         try:
             self._prefix = "loop.0." if self._passes > 1 else ""
             h = e = self.hook_embed(e)
@@ -562,14 +430,37 @@ class ICLTransformer(HookedModel):
         return self.read_out(self.ln_f(h))
 
     def forward(self, X, Y, x_query=None) -> torch.Tensor:
-        """``(B, n, d_out)`` prefix predictions, or ``(B, m, d_out)`` query predictions when `x_query` is given."""
-        for h in self._passes_iter(X, Y, x_query):
+        """``(B, n, d_out)`` prefix predictions, or ``(B, m, d_out)`` query predictions when `x_query` is given
+        (one prompt without batch axis gives unbatched predictions, :func:`icgd.tokens.check_prompt`)."""
+        prompt = self._check(X, Y, x_query)
+        for h in self._passes_iter(prompt):
             pass
-        return self._read_out(h)
+        out = self._read_out(h)
+        return out[0] if prompt.single else out
+
+    def predict(self, X, Y, x_query) -> torch.Tensor:
+        """The learner protocol (:mod:`icgd.learners`): predictions at the queries, ``(B, m, d_out)`` (the forward
+        pass; differentiable, e.g. in ``x_query`` for von Oswald's model cos — wrap it in ``torch.no_grad()`` to
+        save memory)."""
+        return self(X, Y, x_query)
+
+    def prefix_predictions(self, X, Y) -> torch.Tensor:
+        """The learner protocol: row i predicts ``y_i`` from the pairs before it, ``(B, n, d_out)``."""
+        return self(X, Y)
 
     def loop_predictions(self, X, Y, x_query=None) -> torch.Tensor:
         """Predictions read out after every pass, ``(loop, B, n or m, d_out)`` (Yang et al.'s loss uses them)."""
-        return torch.stack([self._read_out(h) for h in self._passes_iter(X, Y, x_query)])
+        prompt = self._check(X, Y, x_query)
+        out = torch.stack([self._read_out(h) for h in self._passes_iter(prompt)])
+        return out[:, 0] if prompt.single else out
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Also read checkpoints written before the MLP was :class:`icgd.layers.MLP` (``mlp.c_fc.weight`` …)."""
+        old = {"c_fc.weight": "W1", "c_fc.bias": "b1", "c_proj.weight": "W2", "c_proj.bias": "b2"}
+        for key in [k for k in state_dict if k.startswith(prefix + "blocks.") and ".mlp.c_" in k]:
+            head, _, rest = key.partition(".mlp.")
+            state_dict[f"{head}.mlp.{old[rest]}"] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         c = self.config
@@ -585,48 +476,19 @@ class ICLTransformer(HookedModel):
 # LSA
 
 
-class LSALayer(nn.Module):
-    """One multi-head linear self-attention layer (von Oswald et al. Eq. 6), keys and values from the context::
-
-        e_j ← e_j + (1/n) Σ_h P_h W_V^h Σ_{i≤n} e_i e_iᵀ W_K^hᵀ W_Q^h e_j
-
-    ``W_Q, W_K, W_V, P`` are ``(H, D, D)`` parameters acting on column vectors (the paper's orientation)."""
-
-    def __init__(self, D: int, n_head: int):
-        super().__init__()
-        self.W_Q = nn.Parameter(torch.empty(n_head, D, D))
-        self.W_K = nn.Parameter(torch.empty(n_head, D, D))
-        self.W_V = nn.Parameter(torch.empty(n_head, D, D))
-        self.P = nn.Parameter(torch.empty(n_head, D, D))
-
-    def forward(self, e: torch.Tensor, n: int, hook_pattern: HookPoint) -> torch.Tensor:
-        ctx = e[:, :n]  # (B, n, D): the query tokens are neither keys nor values
-        q = torch.einsum("hij,btj->bhti", self.W_Q, e)  # (B, H, T, D)
-        k = torch.einsum("hij,bsj->bhsi", self.W_K, ctx)  # (B, H, n, D)
-        v = torch.einsum("hij,bsj->bhsi", self.W_V, ctx)  # (B, H, n, D)
-        att = hook_pattern((q @ k.transpose(-2, -1)) * (1.0 / n))  # (B, H, T, n)
-        return e + torch.einsum("hij,bhtj->bti", self.P, att @ v)
-
-
-class _PatternHook(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.hook_pattern = HookPoint("")  # (B, H, n + m, n)
-
-
 class _LSABlock(nn.Module):
     """Hook points around application i of an LSA layer (weights live in ``LSA.layers``, shared or not)."""
 
     def __init__(self):
         super().__init__()
-        self.hook_resid_pre = HookPoint("")  # (B, n + m, D)
-        self.attn = _PatternHook()
-        self.hook_resid_post = HookPoint("")  # (B, n + m, D)
+        self.hook_resid_pre = HookPoint()  # (B, n + m, D)
+        self.hook_resid_post = HookPoint()  # (B, n + m, D)
 
 
 class LSA(HookedModel):
     """von Oswald et al.'s attention-only linear transformer on tokens ``e_i = (x_i, y_i)`` (context) and
-    ``(x_q, 0)`` (queries), D = d_in + d_out. Each of the `n_layer` layers is an :class:`LSALayer` (keys and values
+    ``(x_q, 0)`` (queries), D = d_in + d_out. Each of the `n_layer` layers is a
+    :class:`~icgd.layers.LinearAttention` with d_head = D, called with ``n_keys = n`` (keys and values
     from the n context tokens only, divided by n: icgd's normalised convention, the paper puts 1/N in P); the
     prediction is minus the query's y-slot (the paper's read-out). Queries do not interact, so m queries are
     answered in one pass. ``shared=True`` applies one layer `n_layer` times (the paper's recurrent models).
@@ -637,8 +499,10 @@ class LSA(HookedModel):
     Initialisation: every entry N(0, init_std²), init_std = √(0.002 / D) by default (the paper's code scales its
     init by 0.002).
 
-    Hook points: ``blocks.{i}.hook_resid_pre``, ``blocks.{i}.attn.hook_pattern`` (B, H, n + m, n: the scores
-    ``⟨W_Q e_t, W_K e_s⟩ / n``), ``blocks.{i}.hook_resid_post`` for every application i (also when shared).
+    Hook points (:mod:`icgd.hooks`): ``blocks.{i}.hook_resid_pre``, ``layers.{i}.hook_pattern`` (B, H, n + m, n: the
+    scores ``⟨W_Q e_t, W_K e_s⟩ / n``), ``layers.{i}.hook_z`` (B, n + m, H, D) and ``blocks.{i}.hook_resid_post``.
+    A shared LSA is a looped model with one block: its names carry the application, ``loop.{i}.blocks.0.…`` and
+    ``loop.{i}.layers.0.…``.
     """
 
     def __init__(self, d_in: int, d_out: int = 1, *, n_layer: int, shared: bool = False, n_head: int = 1,
@@ -651,8 +515,11 @@ class LSA(HookedModel):
         self.shared = shared
         self.dim = D = d_in + d_out
         self.init_std = math.sqrt(0.002 / D) if init_std is None else positive_float(init_std, "init_std", True)
-        self.layers = nn.ModuleList(LSALayer(D, n_head) for _ in range(1 if shared else n_layer))
-        self.blocks = nn.ModuleList(_LSABlock() for _ in range(n_layer))
+        # a throw-away generator: reset_parameters draws the initial weights, the global RNG is left alone
+        self.layers = nn.ModuleList(LinearAttention(D, n_head, D, generator=torch.Generator())
+                                    for _ in range(1 if shared else n_layer))
+        self.blocks = nn.ModuleList(_LSABlock() for _ in range(len(self.layers)))
+        self._passes = n_layer if shared else 1
         self._name_hook_points()
         self.reset_parameters(generator)
 
@@ -661,7 +528,7 @@ class LSA(HookedModel):
         for p in self.parameters():
             _normal_(p, self.init_std, generator)
 
-    def layer(self, i: int) -> LSALayer:
+    def layer(self, i: int) -> LinearAttention:
         """The weights applied at layer i (the same module for every i when shared)."""
         if not (isinstance(i, int) and -self.n_layer <= i < self.n_layer):
             raise SpecError(f"layer must be an integer in [0, {self.n_layer}), got {i!r}")
@@ -671,7 +538,8 @@ class LSA(HookedModel):
         """Detached copies of ``W_K, W_Q, W_V, P`` of one layer: ``(D, D)`` each with one head, else ``(H, D, D)``,
         the same convention as :func:`icgd.constructions.von_oswald_weights`."""
         mod = self.layer(layer)
-        out = {name: getattr(mod, name).detach().clone() for name in ("W_K", "W_Q", "W_V", "P")}
+        out = {name: getattr(mod, attr).detach().clone() for name, attr in LinearAttention.PAPER_NAMES.items()}
+        out = {name: out[name] for name in ("W_K", "W_Q", "W_V", "P")}
         return {k: v[0] for k, v in out.items()} if self.n_head == 1 else out
 
     @torch.no_grad()
@@ -688,36 +556,41 @@ class LSA(HookedModel):
                 t = t.expand(H, D, D)
             if t.shape != (H, D, D):
                 raise ShapeError(f"{name} must be ({D}, {D}) or ({H}, {D}, {D}), got {tuple(t.shape)}")
-            getattr(mod, name).copy_(t)
-
-    def _check(self, X, Y, x_query) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        p = self.layers[0].W_Q
-        X = as_float_tensor(X, "X", p.dtype).to(p.device)
-        Y = as_float_tensor(Y, "Y", p.dtype).to(p.device)
-        xq = as_float_tensor(x_query, "x_query", p.dtype).to(p.device)
-        for name, t in (("X", X), ("Y", Y), ("x_query", xq)):
-            if t.dim() != 3:
-                raise ShapeError(f"{name} must be (batch, points, dim), got shape {tuple(t.shape)}")
-        check_last_dim(X, "X", self.d_in, "the model's d_in")
-        check_last_dim(Y, "Y", self.d_out, "the model's d_out")
-        check_last_dim(xq, "x_query", self.d_in, "the model's d_in")
-        if Y.shape[:2] != X.shape[:2] or xq.shape[0] != X.shape[0]:
-            raise ShapeError(f"X {tuple(X.shape)}, Y {tuple(Y.shape)} and x_query {tuple(xq.shape)} must share the "
-                             f"batch size, and X and Y the number of points")
-        if X.shape[1] < 1:
-            raise ShapeError("the prompt needs at least one (x, y) pair")
-        return X, Y, xq
+            getattr(mod, LinearAttention.PAPER_NAMES[name]).copy_(t)
 
     def forward(self, X, Y, x_query) -> torch.Tensor:
-        """Predictions for the queries, ``(B, m, d_out)``."""
-        X, Y, xq = self._check(X, Y, x_query)
+        """Predictions for the queries, ``(B, m, d_out)`` (unbatched for one prompt without batch axis)."""
+        if x_query is None:
+            raise ShapeError("x_query is required: the LSA answers at the query points (B, m, d_in)")
+        p = self.layers[0].W_q
+        X, Y, xq, single = check_prompt(X, Y, x_query, d_in=self.d_in, d_out=self.d_out, dtype=p.dtype,
+                                        device=p.device)
         n = X.shape[1]
         queries = torch.cat((xq, xq.new_zeros(*xq.shape[:2], self.d_out)), dim=-1)
         e = torch.cat((torch.cat((X, Y), dim=-1), queries), dim=1)  # (B, n + m, D)
-        for i, block in enumerate(self.blocks):
-            e = block.hook_resid_pre(e)
-            e = block.hook_resid_post(self.layer(i)(e, n, block.attn.hook_pattern))
-        return -e[:, n:, self.d_in:]
+        try:
+            for i in range(self.n_layer):
+                self._prefix = f"loop.{i}." if self._passes > 1 else ""
+                block = self.blocks[0 if self.shared else i]
+                e = block.hook_resid_post(self.layer(i)(block.hook_resid_pre(e), n_keys=n))
+        finally:
+            self._prefix = ""
+        out = -e[:, n:, self.d_in:]
+        return out[0] if single else out
+
+    def predict(self, X, Y, x_query) -> torch.Tensor:
+        """The learner protocol (:mod:`icgd.learners`): predictions at the queries, ``(B, m, d_out)`` (the forward
+        pass; differentiable, e.g. in ``x_query`` for von Oswald's model cos — wrap it in ``torch.no_grad()`` to
+        save memory)."""
+        return self(X, Y, x_query)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Also read checkpoints written before the layers were LinearAttention (``layers.{i}.W_Q`` … ``.P``)."""
+        for key in [k for k in state_dict if k.startswith(prefix + "layers.")]:
+            head, _, name = key.rpartition(".")
+            if name in LinearAttention.PAPER_NAMES:
+                state_dict[f"{head}.{LinearAttention.PAPER_NAMES[name]}"] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return (f"d_in={self.d_in}, d_out={self.d_out}, n_layer={self.n_layer}, n_head={self.n_head}, "

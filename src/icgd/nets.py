@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from icgd._checks import as_float_tensor, batched, check_last_dim, positive_float, positive_int
+from icgd import tokens
 from icgd.errors import ShapeError, SpecError, UnknownActivationError
 
 
@@ -137,17 +138,10 @@ def check_prompt(spec: NetSpec, X, Y, w0, dtype: torch.dtype | None = None
     """Validate and batch a prompt ``(X, Y, w0)`` for `spec`: returns ``X (B, n, d_in)``, ``Y (B, n, d_out)``,
     ``w0 (B, D_w)`` and whether X was unbatched. Inputs take the dtype of `w0` unless `dtype` is given."""
     w0 = as_float_tensor(w0, "w0", dtype)
-    X, single = batched(as_float_tensor(X, "X", w0.dtype), "X", 2)
-    Y, _ = batched(as_float_tensor(Y, "Y", w0.dtype), "Y", 2)
+    X, Y, _, single = tokens.check_prompt(X, Y, d_in=spec.d_in, d_out=spec.d_out, dtype=w0.dtype)
     w0, _ = batched(w0, "w0", 1)
-    check_last_dim(X, "X", spec.d_in, "spec.d_in")
-    check_last_dim(Y, "Y", spec.d_out, "spec.d_out")
     check_last_dim(w0, "w0", spec.num_params, "spec.num_params")
-    B, n = X.shape[:2]
-    if Y.shape[:2] != (B, n):
-        raise ShapeError(f"Y has shape {tuple(Y.shape)}, expected ({B}, {n}, {spec.d_out}) to match X")
-    if n < 1:
-        raise ShapeError("the prompt needs at least one (x, y) pair")
+    B = X.shape[0]
     if w0.shape[0] not in (1, B):
         raise ShapeError(f"w0 has {w0.shape[0]} rows but X has {B} prompts")
     return X, Y, w0.expand(B, -1), single

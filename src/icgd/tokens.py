@@ -18,6 +18,8 @@ arithmetic::
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
 import torch
 
 from icgd._checks import as_float_tensor, batched, check_last_dim
@@ -112,6 +114,70 @@ class Layout:
         tokens[..., self.slice(name)] = value
 
 
+class Prompt(NamedTuple):
+    """A validated regression prompt: ``X (B, n, d_in)``, ``Y (B, n, d_out)``, ``x_query (B, m, d_in)`` or None,
+    and whether the caller passed one unbatched prompt (its outputs then drop the batch axis)."""
+
+    X: torch.Tensor
+    Y: torch.Tensor
+    x_query: torch.Tensor | None
+    single: bool
+
+
+def _shape(t: torch.Tensor, single: bool) -> tuple:
+    return tuple(t.shape[1:] if single else t.shape)
+
+
+def check_prompt(X, Y, x_query=None, *, d_in: int | None = None, d_out: int | None = None,
+                 dtype: torch.dtype | None = None, device: torch.device | str | None = None,
+                 min_pairs: int = 1) -> Prompt:
+    """The one validator of a prompt ``(X, Y[, x_query])``, used by learners, constructions and trained models.
+
+    Shapes: ``X (B, n, d_in)``, ``Y (B, n, d_out)``, ``x_query (B, m, d_in)``. **One rule for 2-D input**: a 2-D
+    ``X (n, d_in)`` is one prompt, and then ``Y`` must be ``(n, d_out)`` and ``x_query`` ``(m, d_in)``; the result
+    is batched (B = 1) with ``single=True``. Targets always carry their output axis (scalar targets are
+    ``(…, n, 1)``). Everything is converted to `dtype` (default: X's floating dtype) and `device` (default: X's);
+    `d_in` / `d_out`, when given, are checked. Raises :class:`~icgd.errors.NonFiniteError` on NaN/inf and
+    :class:`~icgd.errors.ShapeError` naming the expected shape.
+    """
+    X = as_float_tensor(X, "X", dtype)
+    if device is not None:
+        X = X.to(device)
+    X, single = batched(X, "X", 2)
+    Y = as_float_tensor(Y, "Y", X.dtype).to(X.device)
+    rank = 2 if single else 3
+    B, n, d = X.shape
+    if Y.dim() == rank - 1 and tuple(Y.shape) == _shape(X, single)[:-1]:
+        raise ShapeError(f"Y has shape {tuple(Y.shape)} but needs a trailing output axis: expected "
+                         f"{(n, 1) if single else (B, n, 1)}; for scalar targets pass Y[..., None]")
+    if Y.dim() != rank:
+        raise ShapeError(f"Y must have {rank} dimensions ({'(n, d_out)' if single else '(B, n, d_out)'}) like X "
+                         f"{_shape(X, single)}, got shape {tuple(Y.shape)}")
+    Y = Y.unsqueeze(0) if single else Y
+    if tuple(Y.shape[:2]) != (B, n):
+        raise ShapeError(f"Y has shape {_shape(Y, single)} but X has {'' if single else f'{B} prompts and '}{n} "
+                         f"pairs: expected {(n, 'd_out') if single else (B, n, 'd_out')}")
+    if d_in is not None:
+        check_last_dim(X, "X", d_in, "d_in")
+    if d_out is not None:
+        check_last_dim(Y, "Y", d_out, "d_out")
+    if n < min_pairs:
+        raise ShapeError(f"the context needs at least {min_pairs} (x, y) pair(s), got X of shape "
+                         f"{_shape(X, single)}")
+    if x_query is None:
+        return Prompt(X, Y, None, single)
+    q = as_float_tensor(x_query, "x_query", X.dtype).to(X.device)
+    if q.dim() != rank:
+        hint = "; for one query point pass x_query[None]" if q.dim() == rank - 1 else ""
+        raise ShapeError(f"x_query must have shape {'(m, d)' if single else '(B, m, d)'} like X, got "
+                         f"{tuple(q.shape)}{hint}")
+    q = q.unsqueeze(0) if single else q
+    if q.shape[0] != B or q.shape[-1] != d:
+        raise ShapeError(f"x_query has shape {_shape(q, single)}, expected {('m', d) if single else (B, 'm', d)} "
+                         f"to match X {_shape(X, single)}")
+    return Prompt(X, Y, q, single)
+
+
 def pack_prompt(
     layout: Layout,
     X: torch.Tensor,
@@ -125,19 +191,10 @@ def pack_prompt(
     ``t = 0``. Every token holds ``one = 1`` (if the layout has that slot) and each keyword (e.g. ``w=w0`` of shape
     ``(B, size)``) replicated into every token. Unbatched inputs ``(n, d)`` are accepted.
     """
-    X, _ = batched(as_float_tensor(X, "X"), "X", 2)
-    Y, _ = batched(as_float_tensor(Y, "Y", X.dtype), "Y", 2)
+    X, Y, xq, _ = check_prompt(X, Y, x_query, d_in=layout.size("x"), d_out=layout.size("y"), min_pairs=0)
     B, n, _ = X.shape
-    check_last_dim(X, "X", layout.size("x"), "the layout's x slot")
-    check_last_dim(Y, "Y", layout.size("y"), "the layout's y slot")
-    if Y.shape[:2] != (B, n):
-        raise ShapeError(f"Y has shape {tuple(Y.shape)} but X has {B} prompts of {n} points")
-    if x_query is None:
-        x_query = X.new_zeros(B, 0, X.shape[-1])
-    xq, _ = batched(as_float_tensor(x_query, "x_query", X.dtype), "x_query", 2)
-    check_last_dim(xq, "x_query", X.shape[-1], "d_in of X")
-    if xq.shape[0] != B:
-        raise ShapeError(f"x_query has {xq.shape[0]} prompts but X has {B}")
+    if xq is None:
+        xq = X.new_zeros(B, 0, X.shape[-1])
     m = xq.shape[1]
     tokens = layout.empty(B, n + m, dtype=X.dtype, device=X.device)
     tokens[:, :n, layout.slice("x")] = X

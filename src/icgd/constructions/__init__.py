@@ -7,6 +7,9 @@
 * :mod:`~icgd.constructions.akyurek` — :func:`ridge`, :func:`akyurek_gd` (Akyürek et al., ICLR 2023).
 * :mod:`~icgd.constructions.cheng` — :func:`functional_gd` (Cheng, Chen & Sra, ICML 2024).
 * :mod:`~icgd.constructions.bai` — :func:`convex_gd` (Bai et al., NeurIPS 2023).
+
+:mod:`~icgd.constructions.registry` maps each name of ``icgd construct`` to its builder, the reference learner it
+is checked against and its options (a new construction: one module, one registry entry, one test).
 """
 
 from icgd.constructions.akyurek import AkyurekTransformer, akyurek_gd, ridge

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 
 from icgd._checks import as_float_tensor, batched, positive_float, positive_int
-from icgd.constructions.base import PromptModel, check_dtype, context_size
+from icgd.constructions.base import PromptModel, StepScale, check_dtype
 from icgd.constructions.fits import activation_fits, clamped, interpolant
 from icgd.constructions.wu import _itemsize, _sparse_bytes
 from icgd.errors import ShapeError, SpecError
@@ -129,14 +129,7 @@ class ConvexGD(PromptModel):
                          roles=roles * steps + ["readout"])
         self.loss, self.eta, self.steps, self.lam, self.knots, self.box = loss, eta, steps, lam, knots, box
         self.fit, self.fit_range, self.block_size = fit, fit_range, len(block)
-        self._step = step
-        self.register_buffer("_step_sign", step.heads.c.detach().clone(), persistent=False)
-
-    def _prepare(self, tokens: torch.Tensor) -> None:
-        """The step's value scale −ηT/(2n) for n context tokens out of T (all prompts of a batch share n)."""
-        n = context_size(self.layout, tokens)
-        with torch.no_grad():
-            self._step.heads.c.copy_(self._step_sign * (-self.eta * tokens.shape[1] / (2.0 * n)))
+        step.coefficients = StepScale(layout, eta)  # −ηT/(2n) per call
 
     def check_prompt(self, X, Y, x_query):
         X, Y, xq, single = super().check_prompt(X, Y, x_query)

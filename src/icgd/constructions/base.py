@@ -13,10 +13,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from icgd._checks import as_float_tensor, batched, check_last_dim, positive_float
+from icgd._checks import positive_float
 from icgd.errors import ShapeError, SpecError
 from icgd.layers import Transformer
-from icgd.tokens import Layout, pack_prompt
+from icgd.tokens import Layout, check_prompt, pack_prompt
 
 
 def check_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -43,6 +43,34 @@ def context_size(layout: Layout, tokens: torch.Tensor) -> int:
     return n
 
 
+def prompt_size(layout: Layout, h: torch.Tensor) -> tuple[int, int]:
+    """``(n, T)``: the number of context tokens (``t = 1``, the same in every prompt) and of all tokens."""
+    return context_size(layout, h), h.shape[1]
+
+
+class StepScale(nn.Module):
+    """The value coefficients ``c = fixed + (−ηT/(2n)) · sign`` of a GD-step layer, for n context tokens out of T,
+    computed from the tokens of every call (attention averages over all T tokens, the loss over the n context
+    points, hence the factor T/n); `sign` defaults to the layer's own (never changed) ``heads.c``. Used as a
+    layer's ``coefficients`` (:func:`icgd.layers.heads.bank_for`): the layer's parameters never change, so
+    ``state_dict()`` does not depend on the last prompt."""
+
+    def __init__(self, layout: Layout, eta: float, sign: torch.Tensor | None = None,
+                 fixed: torch.Tensor | None = None):
+        super().__init__()
+        self.layout, self.eta = layout, eta
+        self.register_buffer("sign", sign, persistent=False)
+        self.register_buffer("fixed", fixed, persistent=False)
+
+    def forward(self, h: torch.Tensor, bank) -> dict[str, torch.Tensor]:
+        n, T = prompt_size(self.layout, h)
+        scale = -self.eta * T / (2.0 * n)
+        if self.sign is None and self.fixed is None:
+            return {"c_scale": scale}
+        sign = bank.c if self.sign is None else self.sign
+        return {"c": sign * scale if self.fixed is None else self.fixed + scale * sign}
+
+
 class PromptModel(Transformer):
     """A transformer on prompt tokens laid out by `layout`, answering in the query tokens' `answer` slot."""
 
@@ -53,31 +81,12 @@ class PromptModel(Transformer):
         self.dtype = dtype
         self.roles = list(roles) if roles is not None else [type(m).__name__ for m in layers]
 
-    def _prepare(self, tokens: torch.Tensor) -> None:
-        """Called before every forward pass (constructions whose weights depend on the prompt size set them)."""
-
-    def forward(self, tokens: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        self._check(tokens)
-        self._prepare(tokens)
-        return super().forward(tokens, start, stop)
-
     def check_prompt(self, X, Y, x_query) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
         """Validated, batched ``X (B, n, d_in)``, ``Y (B, n, d_out)``, ``x_query (B, m, d_in)`` in the model's dtype,
         and whether the inputs were unbatched."""
-        X, single = batched(as_float_tensor(X, "X", self.dtype), "X", 2)
-        Y, _ = batched(as_float_tensor(Y, "Y", self.dtype), "Y", 2)
-        xq, _ = batched(as_float_tensor(x_query, "x_query", self.dtype), "x_query", 2)
-        check_last_dim(X, "X", self.d_in, "the model's d_in")
-        check_last_dim(Y, "Y", self.d_out, "the model's d_out (pass Y with a last axis, e.g. Y[..., None])")
-        check_last_dim(xq, "x_query", self.d_in, "the model's d_in")
-        B, n = X.shape[:2]
-        if Y.shape[:2] != (B, n):
-            raise ShapeError(f"Y has shape {tuple(Y.shape)}, expected ({B}, {n}, {self.d_out}) to match X")
-        if xq.shape[0] != B:
-            raise ShapeError(f"x_query has {xq.shape[0]} prompts but X has {B}")
-        if n < 1:
-            raise ShapeError("the prompt needs at least one (x, y) pair")
-        return X, Y, xq, single
+        if x_query is None:
+            raise ShapeError("x_query is required: the model answers at the query points (B, m, d_in)")
+        return tuple(check_prompt(X, Y, x_query, d_in=self.d_in, d_out=self.d_out, dtype=self.dtype))
 
     def device(self) -> torch.device:
         return next((t.device for t in [*self.parameters(), *self.buffers()]), torch.device("cpu"))

@@ -62,7 +62,7 @@ def _lsa_layer(layout: Layout, weights: dict[str, torch.Tensor]) -> LinearAttent
     dtype = weights["P"].dtype
     layer = LinearAttention(D, 1, D, key_flag=layout.index("t"), dtype=dtype)
     with torch.no_grad():
-        for name, key in (("W_q", "W_Q"), ("W_k", "W_K"), ("W_v", "W_V"), ("W_o", "P")):
+        for key, name in LinearAttention.PAPER_NAMES.items():
             full = torch.zeros(1, D, D, dtype=dtype)
             full[0, xy, xy] = weights[key]
             getattr(layer, name).copy_(full)

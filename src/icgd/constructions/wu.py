@@ -29,8 +29,9 @@ on queries.
 
 **Deviations from the paper, and why**
 
-* Token form of ReLU attention (query from h_i, keys from h_s): the matrix form printed in the paper swaps the roles
-  of Q and K and breaks the construction (each token would average r(v·p̄_s) over all tokens).
+* Token form of ReLU attention (query from h_i, keys from h_s): read literally, the matrix form printed in the paper
+  swaps the roles of Q and K, so each token's update would be weighted by the other tokens' rows instead of its
+  own, and the heads would no longer compute the per-token forward and backward passes.
 * Sum-of-ReLU fits are piecewise-linear interpolants with ``knots`` units on a per-layer interval ``[−R_j, R_j]``
   (error O(knots⁻²)); the paper's existence proof gives Õ(ε⁻²) heads. Activations: sigmoid, tanh, softplus, gelu
   as in the paper, plus relu (exact r, r′ a ramp of width 1e-6: beyond Theorem 1, exact unless a
@@ -53,18 +54,18 @@ import os
 from collections.abc import Sequence
 
 import torch
-from torch import nn
 
 from icgd._checks import as_float_tensor, batched, positive_float, positive_int
 from icgd.constructions.fits import ReluFit, activation_fits
 from icgd.errors import FitRangeError, ShapeError, SpecError
-from icgd.constructions.base import context_size
+from icgd.constructions.base import StepScale
 from icgd.layers import EWML, MLP, ReLUAttention, Transformer
 from icgd.layers.heads import fit_heads, sparse_bank, sparse_bank_bytes
 from icgd.memory import ENV as MEMORY_ENV
 from icgd.memory import MemoryEstimate
 from icgd.nets import NetSpec, check_prompt, unflatten
 from icgd.tokens import Layout, pack_prompt
+from icgd.tokens import check_prompt as check_xy
 
 DEFAULT_KNOTS = 64
 
@@ -309,7 +310,12 @@ def clip_mlp(D: int, one: int, coords: torch.Tensor, bounds: torch.Tensor, dtype
 
 
 class ConstructedICGD(Transformer):
-    """The transformer built by :func:`deep_gd`. Gradient descent happens only inside its layers."""
+    """The transformer built by :func:`deep_gd`. Gradient descent happens only inside its layers.
+
+    ``w0`` (attribute, default None): the GD start used when ``predict``/``trace`` get no `w0`, so that
+    ``model.predict(X, Y, x_query)`` follows the learner protocol once it is set."""
+
+    w0: torch.Tensor | None = None
 
     def __init__(self, spec: NetSpec, *, eta: float, steps: int, box: float | None, knots: int,
                  fit_ranges: list[float], x_bound: float | None, y_bound: float | None, readout: bool,
@@ -333,29 +339,12 @@ class ConstructedICGD(Transformer):
         self.fits = fits
         self.block_size = len(block)
         self.roles = roles * steps + ([f"readout {j}" for j in range(1, N + 1)] if readout else [])
-        self._step_layer: ReLUAttention = block[-2]
-        self.register_buffer("_step_sign", self._step_layer.heads.c.detach().clone(), persistent=False)
-        self._prompt_size: tuple[int, int] | None = None
+        step: ReLUAttention = block[-2]
+        # the step's value scale −ηT/(2n) (paper: −η(n+1)/(2n)) for n context tokens out of T, per call
+        step.coefficients = StepScale(layout, eta)
+        self.register_buffer("_step_sign", step.heads.c.detach().clone(), persistent=False)  # device marker
         self._memory_checked: set = set()
         self._preactivation_index(b)
-
-    # ----------------------------------------------------------------------------------------------- running
-
-    def _set_prompt_size(self, n: int, T: int) -> None:
-        """The step layer's value scale −ηT/(2n) (paper: −η(n+1)/(2n)) for n context tokens out of T."""
-        if self._prompt_size == (n, T):
-            return
-        c = self._step_sign * (-self.eta * T / (2.0 * n))
-        self._step_layer.heads.c = nn.Parameter(c, requires_grad=False)
-        self._prompt_size = (n, T)
-
-    def _prepare(self, tokens: torch.Tensor) -> None:
-        self._set_prompt_size(context_size(self.layout, tokens), tokens.shape[1])
-
-    def forward(self, tokens: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        self._check(tokens)
-        self._prepare(tokens)
-        return super().forward(tokens, start, stop)
 
     def _preactivation_index(self, b: _Builder) -> None:
         """Index buffers of :meth:`_check_range`: for every unit (j, k) the coordinates of p̄(j−1) and of v_jk in the
@@ -376,6 +365,8 @@ class ConstructedICGD(Transformer):
             self.register_buffer(name, t, persistent=False)
         unit = torch.arange(len(prev))[:, None].expand(-1, imax)
         self.register_buffer("_pre_flat", (self._pre_prev * len(prev) + unit).reshape(-1), persistent=False)
+
+    # ----------------------------------------------------------------------------------------------- running
 
     def _check_range(self, tokens: torch.Tensor, step: int) -> None:
         """Raise if a pre-activation of the current step left its fit interval (uses p̄ read from the tokens): every
@@ -422,12 +413,11 @@ class ConstructedICGD(Transformer):
                        ).check(self._step_sign.device)
         self._memory_checked.add(key)
 
-    def tokens_for(self, X, Y, w0, x_query=None) -> tuple[torch.Tensor, bool]:
-        """Pack a prompt into this model's tokens; returns the tokens and whether the inputs were unbatched."""
-        X, Y, w0, single = check_prompt(self.spec, X, Y, w0, self.dtype)
-        xq = None
-        if x_query is not None:
-            xq, _ = batched(as_float_tensor(x_query, "x_query", self.dtype), "x_query", 2)
+    def tokens_for(self, X, Y, w0=None, x_query=None) -> tuple[torch.Tensor, bool]:
+        """Pack a prompt into this model's tokens; returns the tokens and whether the inputs were unbatched.
+        `w0` defaults to the attribute :attr:`w0`."""
+        X, Y, xq, single = check_xy(X, Y, x_query, d_in=self.spec.d_in, d_out=self.spec.d_out, dtype=self.dtype)
+        _, _, w0, _ = check_prompt(self.spec, X, Y, self._initial(w0), self.dtype)
         self._check_inputs(X, Y, xq)
         self._check_memory(X.shape[0], X.shape[1] + (0 if xq is None else xq.shape[1]))
         if self.box is not None and float(w0.abs().max()) > self.box:
@@ -437,7 +427,6 @@ class ConstructedICGD(Transformer):
         return tokens, single
 
     def _run(self, tokens: torch.Tensor, record: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        self._prepare(tokens)
         N, S = self.spec.depth, self.block_size
         ws = [tokens[:, 0, self.layout.slice("w")]]
         h = tokens
@@ -452,15 +441,24 @@ class ConstructedICGD(Transformer):
             self._check_range(h, self.steps)
         return h, ws
 
-    def trace(self, X, Y, w0) -> torch.Tensor:
-        """Weights read from the ``w`` slot after every GD block, ``(B, steps+1, D_w)`` (index 0 = `w0`)."""
+    def _initial(self, w0):
+        if w0 is None:
+            w0 = self.w0
+        if w0 is None:
+            raise SpecError("the initial network weights are missing: pass w0= ((D_w,) or (B, D_w)) or set model.w0")
+        return w0
+
+    def trace(self, X, Y, w0=None) -> torch.Tensor:
+        """Weights read from the ``w`` slot after every GD block, ``(B, steps+1, D_w)`` (index 0 = `w0`; default:
+        the attribute :attr:`w0`)."""
         tokens, single = self.tokens_for(X, Y, w0)
         _, ws = self._run(tokens, record=True)
         out = torch.stack(ws, dim=1)
         return out[0] if single else out
 
-    def predict(self, X, Y, x_query, w0) -> torch.Tensor:
-        """f(w̄_L, x_query) read from the query tokens' p̄(N) slot after the read-out layers, ``(B, m, d_out)``."""
+    def predict(self, X, Y, x_query, w0=None) -> torch.Tensor:
+        """f(w̄_L, x_query) read from the query tokens' p̄(N) slot after the read-out layers, ``(B, m, d_out)``: the
+        learner protocol, with the GD start `w0` as a keyword (default: the attribute :attr:`w0`)."""
         if not self.readout:
             raise SpecError("this model was built with readout=False; build it with readout=True to predict")
         tokens, single = self.tokens_for(X, Y, w0, x_query)

@@ -123,6 +123,7 @@ import torch
 from torch import nn
 
 from icgd._checks import as_float_tensor, positive_float, positive_int
+from icgd.constructions.base import StepScale, prompt_size
 from icgd.constructions.wu import (_PY_ENTRY, _CHUNK, ConstructedICGD, _Builder, _itemsize, _range_index_bytes,
                                    _sparse_bytes,
                                    fit_ranges_from_box, per_layer_ranges, wu_layout)
@@ -510,6 +511,41 @@ class _SoftmaxBuilder(_Builder):
 # --------------------------------------------------------------------------------------------- the model
 
 
+def _checked_size(layout: Layout, h: torch.Tensor) -> tuple[int, int]:
+    """``(n, T)`` of the prompt (:func:`~icgd.constructions.base.prompt_size`), with at least one query token."""
+    n, T = prompt_size(layout, h)
+    if T - n < 1:
+        raise ShapeError("the softmax construction needs at least one query token (t = 0) as the sink of its "
+                         "forward heads; pass x_query (trace adds one itself)")
+    return n, T
+
+
+class _SinkShift(nn.Module):
+    """The sink heads' query scales ``alpha = base + ln(n/m) · mask`` for n context and m query tokens."""
+
+    def __init__(self, layout: Layout, base: torch.Tensor, mask: torch.Tensor):
+        super().__init__()
+        self.layout = layout
+        self.register_buffer("base", base, persistent=False)
+        self.register_buffer("mask", mask, persistent=False)
+
+    def forward(self, h: torch.Tensor, bank) -> dict[str, torch.Tensor]:
+        n, T = _checked_size(self.layout, h)
+        return {"alpha": self.base + math.log(n / (T - n)) * self.mask}
+
+
+class _MeanScale(nn.Module):
+    """The mean layer's value coefficients ``−ηT/(2n)`` for n context tokens out of T."""
+
+    def __init__(self, layout: Layout, eta: float):
+        super().__init__()
+        self.layout, self.eta = layout, eta
+
+    def forward(self, h: torch.Tensor, bank) -> dict[str, torch.Tensor]:
+        n, T = _checked_size(self.layout, h)
+        return {"c": torch.full_like(bank.c, -self.eta * T / (2.0 * n))}
+
+
 class ConstructedSoftmaxICGD(ConstructedICGD):
     """The transformer built by :func:`deep_gd_softmax`: softmax attention, MLP and EWML layers only. Gradient
     descent happens only inside its layers.
@@ -553,33 +589,12 @@ class ConstructedSoftmaxICGD(ConstructedICGD):
         self.readout, self.dtype, self.R3, self.fits = readout, dtype, R3, fits
         self.block_size = len(block)
         self.roles = roles * steps + (["readout gate"] + [f"readout {j}" for j in range(1, N + 1)] if readout else [])
-        self._sinks = [s.layer for s in sinks]
-        for i, s in enumerate(sinks):
-            self.register_buffer(f"_sink_base{i}", s.base, persistent=False)
-            self.register_buffer(f"_sink_mask{i}", s.mask, persistent=False)
-        self._step_layer, self._mean_layer = step, mean
-        self.register_buffer("_step_sign", scaled, persistent=False)
-        self.register_buffer("_step_fixed", fixed, persistent=False)
-        self._prompt_size: tuple[int, int] | None = None
+        for s in sinks:  # the sink heads' ln(n/m), m = T − n query tokens, per call
+            s.layer.coefficients = _SinkShift(layout, s.base, s.mask)
+        step.coefficients = StepScale(layout, eta, scaled, fixed)  # ±(−ηT/(2n))/(2ε) per call
+        mean.coefficients = _MeanScale(layout, eta)  # −ηT/(2n) per call
+        self.register_buffer("_step_sign", scaled, persistent=False)  # device marker
         self._preactivation_index(b)
-
-    def _set_prompt_size(self, n: int, T: int) -> None:
-        """Per prompt size: the sink heads' ``ln(n/m)`` (m = T − n query tokens), the step pairs' value scale
-        ``±(−ηT/(2n))/(2ε)`` and the mean layer's ``−ηT/(2n)``."""
-        m = T - n
-        if m < 1:
-            raise ShapeError("the softmax construction needs at least one query token (t = 0) as the sink of its "
-                             "forward heads; pass x_query (trace adds one itself)")
-        if self._prompt_size == (n, T):
-            return
-        log_ratio = math.log(n / m)
-        for i, layer in enumerate(self._sinks):
-            alpha = getattr(self, f"_sink_base{i}") + log_ratio * getattr(self, f"_sink_mask{i}")
-            layer.heads.alpha = nn.Parameter(alpha, requires_grad=False)
-        scale = -self.eta * T / (2.0 * n)
-        self._step_layer.heads.c = nn.Parameter(self._step_fixed + scale * self._step_sign, requires_grad=False)
-        self._mean_layer.heads.c = nn.Parameter(torch.full_like(self._mean_layer.heads.c, scale), requires_grad=False)
-        self._prompt_size = (n, T)
 
     def _check_memory(self, batch: int, tokens: int) -> None:
         deep_gd_softmax_memory(self.spec, units=self.units, order=self.order, box=self.box, dtype=self.dtype,
@@ -587,16 +602,16 @@ class ConstructedSoftmaxICGD(ConstructedICGD):
                                what=f"a forward pass of {batch} prompt(s) × {tokens} tokens"
                                ).check(self._step_sign.device)
 
-    def trace(self, X, Y, w0) -> torch.Tensor:
+    def trace(self, X, Y, w0=None) -> torch.Tensor:
         """Weights read from the ``w`` slot after every GD block, ``(B, steps+1, D_w)`` (index 0 = `w0`). One query
         token at x = 0 is added as the sink of the forward heads; it does not enter the gradient."""
-        X, Y, w0, single = check_prompt(self.spec, X, Y, w0, self.dtype)
+        X, Y, w0, single = check_prompt(self.spec, X, Y, self._initial(w0), self.dtype)
         tokens, _ = self.tokens_for(X, Y, w0, X.new_zeros(X.shape[0], 1, self.spec.d_in))
         _, ws = self._run(tokens, record=True)
         out = torch.stack(ws, dim=1)
         return out[0] if single else out
 
-    def predict(self, X, Y, x_query, w0) -> torch.Tensor:
+    def predict(self, X, Y, x_query, w0=None) -> torch.Tensor:
         """f(w̄_L, x_query) read from the query tokens' p̄(N) slot after the read-out layers, ``(B, m, d_out)``."""
         X = as_float_tensor(X, "X", self.dtype)
         return super().predict(X, Y, x_query, w0)
@@ -639,8 +654,8 @@ def deep_gd_softmax(spec: NetSpec, *, eta: float, steps: int, box: float | None 
 
     `eps`: temperature of the step's head pairs, error O(eps^order) + O(u/eps); ``None`` (the default) =
     :func:`auto_eps` for `dtype`, `order` and the activation (order 4: 1.8e-3 for sigmoid, 4.5e-4 for tanh in
-    float64; 0.10 and 0.025 in float32); any number in (0, 1) is accepted — 1e-3, the construction notes' value,
-    is within a factor 2 of the automatic one in float64. `order`: 4 = head pairs at ±eps and ±2eps with
+    float64; 0.10 and 0.025 in float32); any number in (0, 1) is accepted — a fixed 1e-3 is within a factor 2 of
+    the automatic one in float64. `order`: 4 = head pairs at ±eps and ±2eps with
     Richardson weights (error O(eps⁴)), 2 = one pair at ±eps (O(eps²)). `units`: logistic units per fitted
     activation (softplus, gelu); their intervals come from `fit_range` (one number or one per layer) or a priori
     from `box` and `x_bound`. sigmoid and tanh are exact and need no interval. See the module docstring for the

@@ -6,7 +6,8 @@ from icgd.layers.ewml import EWML
 from icgd.layers.heads import HeadBank, HeadLayer, RowMap, ValueMap
 from icgd.layers.mlp import MLP
 from icgd.layers.norm import LayerNorm
-from icgd.layers.transformer import ActivationCache, HookPoint, Transformer
+from icgd.hooks import ActivationCache, HookPoint
+from icgd.layers.transformer import Transformer
 
 __all__ = [
     "ActivationCache", "EWML", "HeadBank", "HeadLayer", "HookPoint", "KernelAttention", "LayerNorm",

@@ -22,7 +22,8 @@ from torch import nn
 
 from icgd._checks import positive_int
 from icgd.errors import ShapeError, SpecError
-from icgd.layers.heads import HeadBank, HeadLayer
+from icgd.hooks import HookPoint
+from icgd.layers.heads import HeadBank, HeadLayer, bank_for
 
 _CHUNK_ELEMENTS = 1 << 23  # score elements materialised at once when mixing many heads
 
@@ -96,6 +97,19 @@ def _invariant(t: torch.Tensor | list[torch.Tensor]) -> bool:
     """True when every token has exactly the same rows (dimension 1 is the token axis), in every tensor of a list."""
     parts = t if isinstance(t, (list, tuple)) else [t]
     return all(p.shape[1] == 1 or torch.equal(p, p[:, :1].expand_as(p)) for p in parts)
+def _hooked(layer: nn.Module) -> bool:
+    """Whether something listens to the layer's ``hook_pattern`` or ``hook_z``."""
+    return layer.hook_pattern.active or layer.hook_z.active
+
+
+def _bank_forward_hooked(layer: nn.Module, h: torch.Tensor, weights: Callable) -> torch.Tensor:
+    """The forward pass of a head-bank attention layer with every head materialised (only while a hook listens):
+    ``weights(scores (B, M, T, S), mask)`` → pattern, then ``h + Σ_m z_m`` with ``z_m = pattern_m V_m h``."""
+    Q, K, V = bank_for(layer, h).dense()  # (M, r, D), (M, r, D), (M, D, D); detached
+    scores = torch.einsum("btd,mrd->bmtr", h, Q) @ torch.einsum("bsd,mrd->bmsr", h, K).transpose(-1, -2)
+    pattern = layer.hook_pattern(weights(scores, key_mask(h, layer.causal, getattr(layer, "key_flag", None))))
+    z = layer.hook_z(torch.einsum("bmts,med,bsd->btme", pattern, V, h))  # (B, T, M, D)
+    return h + z.sum(2)
 
 
 class ReLUAttention(HeadLayer):
@@ -113,6 +127,15 @@ class ReLUAttention(HeadLayer):
 
     def __init__(self, heads: HeadBank, *, causal: bool = False):
         super().__init__(heads, causal=causal)
+        self.hook_pattern = HookPoint()  # (B, M, T, S): relu scores / keys seen, only when hooked
+        self.hook_z = HookPoint()  # (B, T, M, D): per-head update, only when hooked
+
+    def _pattern(self, scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        A = torch.relu(scores)
+        if mask is not None:
+            A = A * mask[:, None]
+        norm = self._norm(scores.shape[-2], scores)
+        return A / (norm[..., 0] if norm.dim() else norm)
 
     def _norm(self, T: int, like: torch.Tensor) -> torch.Tensor:
         """Number of keys each token sees, shaped to divide ``(B, T, G, e)``."""
@@ -121,19 +144,21 @@ class ReLUAttention(HeadLayer):
         return like.new_tensor(float(T))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        hb = self.heads
+        if _hooked(self):
+            return _bank_forward_hooked(self, h, self._pattern)
+        hb = bank_for(self, h)
         if h.shape[-1] != hb.dim:
             raise ShapeError(f"tokens have dimension {h.shape[-1]} but the heads expect {hb.dim}")
         if _invariant(hb.k.token_view(h)):
-            return hb.v.add_to(h, self._shared_keys(h))
+            return hb.v.add_to(h, self._shared_keys(h, hb))
         if _invariant(hb.q.token_view(h)):
-            return hb.v.add_to(h, self._shared_queries(h))
-        return hb.v.add_to(h, self._all_pairs(h))
+            return hb.v.add_to(h, self._shared_queries(h, hb))
+        return hb.v.add_to(h, self._all_pairs(h, hb))
 
-    def _shared_keys(self, h: torch.Tensor) -> torch.Tensor:
+    def _shared_keys(self, h: torch.Tensor, hb) -> torch.Tensor:
         """Every token has the same key rows k: ``Σ_s relu(⟨q_i, k⟩) V h_s = relu(⟨q_i, k⟩) V Σ_s h_s`` — the value
         map is applied once to the token sum (prefix sums when causal). Returns ``(B, T, G, e)``."""
-        hb, T = self.heads, h.shape[1]
+        T = h.shape[1]
         U = hb.shared_scores(hb.q(h), hb.k(h[:, 0]))  # (B, G, T, nb)
         A = relu_mix(U, hb.alpha, hb.c, hb.relu_sectors())  # (B, G, T): weight of token i, the same for every key
         if self.causal:
@@ -144,10 +169,10 @@ class ReLUAttention(HeadLayer):
             vmean = hb.v.read(h).sum(1, keepdim=True) / T
         return A.transpose(1, 2).unsqueeze(-1) * vmean
 
-    def _shared_queries(self, h: torch.Tensor) -> torch.Tensor:
+    def _shared_queries(self, h: torch.Tensor, hb) -> torch.Tensor:
         """Every token has the same query rows: the weight of key s is the same for every token; the weighted value
         sum is one batched matmul over the groups, ``(B, 1, G, e)`` (prefix sums ``(B, T, G, e)`` when causal)."""
-        hb, T = self.heads, h.shape[1]
+        T = h.shape[1]
         U = hb.shared_scores(hb.k(h), hb.q(h[:, 0]))  # (B, G, S, nb)
         a = relu_mix(U, hb.alpha, hb.c, hb.relu_sectors())  # (B, G, S): weight of key s, the same for every token
         vals = hb.v.read(h)  # (B, S, G, e)
@@ -155,9 +180,9 @@ class ReLUAttention(HeadLayer):
             return (a.transpose(1, 2).unsqueeze(-1) * vals).cumsum(1) / self._norm(T, h)
         return torch.matmul(a.unsqueeze(2), vals.transpose(1, 2)).transpose(1, 2) / T  # (B, 1, G, e)
 
-    def _all_pairs(self, h: torch.Tensor) -> torch.Tensor:
+    def _all_pairs(self, h: torch.Tensor, hb) -> torch.Tensor:
         """The general case: the ``(B, G, T, S)`` weights of every token pair, ``(B, T, G, e)``."""
-        hb, T = self.heads, h.shape[1]
+        T = h.shape[1]
         qh, kh, vals = hb.project(h)  # (B, T, G, r), (B, T, G, r), (B, T, G, e)
         U = torch.einsum("bigr,bsgr,grn->bgnis", qh, kh, hb.onehot)
         A = mix_heads(U, hb.alpha, hb.c, torch.relu)  # (B, G, T, S)
@@ -194,6 +219,8 @@ class _DenseAttention(nn.Module):
         self.W_k = init(n_heads, d_head, dim, fan_in=dim)
         self.W_v = init(n_heads, d_head, dim, fan_in=dim)
         self.W_o = init(n_heads, dim, d_head, fan_in=d_head * n_heads)
+        self.hook_pattern = HookPoint()  # (B, H, T, S): attention weights
+        self.hook_z = HookPoint()  # (B, T, H, D): per-head update W_o^m z_m, only when hooked
 
     @property
     def num_heads(self) -> int:
@@ -209,7 +236,11 @@ class _DenseAttention(nn.Module):
         q = torch.einsum("btd,hed->bhte", h, self.W_q)
         k = torch.einsum("btd,hed->bhte", h, self.W_k)
         v = torch.einsum("btd,hed->bhte", h, self.W_v)
-        z = self.weights(q, k, key_mask(h, self.causal, self.key_flag)) @ v
+        w = self.weights(q, k, key_mask(h, self.causal, self.key_flag))
+        if _hooked(self):
+            z = self.hook_z(torch.einsum("bhts,bhse,hde->bthd", self.hook_pattern(w), v, self.W_o))
+            return h + z.sum(2)
+        z = w @ v
         return h + torch.einsum("bhte,hde->btd", z, self.W_o)
 
     def extra_repr(self) -> str:
@@ -277,10 +308,28 @@ class LinearAttention(KernelAttention):
     (the context tokens when ``key_flag`` is the layout's ``t`` slot).
 
     In the ``P``/``Q`` form of the paper each head is ``(P_m, Q_m)`` with ``P_m = W_o^m W_v^m`` and
-    ``Q_m = W_k^mᵀ W_q^m``; :meth:`from_pq` builds the layer from them and :meth:`pq` reads them back."""
+    ``Q_m = W_k^mᵀ W_q^m``; :meth:`from_pq` builds the layer from them and :meth:`pq` reads them back.
+
+    ``forward(h, n_keys=n)`` takes the keys and values from the first n tokens only and divides by n (von Oswald
+    et al. Eq. 6 with its context/query split; the trainable :class:`icgd.models.LSA` is a stack of these); the
+    paper's matrices are ``W_Q = W_q``, ``W_K = W_k``, ``W_V = W_v`` and ``P = W_o`` (with ``d_head = dim``)."""
+
+    PAPER_NAMES = {"W_Q": "W_q", "W_K": "W_k", "W_V": "W_v", "P": "W_o"}  # von Oswald et al.'s name → parameter
 
     def __init__(self, dim: int, n_heads: int = 1, d_head: int | None = None, **kwargs):
         super().__init__(dim, n_heads, d_head, score="linear", **kwargs)
+
+    def forward(self, h: torch.Tensor, n_keys: int | None = None) -> torch.Tensor:
+        if n_keys is None:
+            return super().forward(h)
+        ctx = h[:, :n_keys]  # (B, n, D): the other tokens are neither keys nor values
+        q = torch.einsum("hij,btj->bhti", self.W_q, h)  # (B, H, T, d_head)
+        k = torch.einsum("hij,bsj->bhsi", self.W_k, ctx)  # (B, H, n, d_head)
+        v = torch.einsum("hij,bsj->bhsi", self.W_v, ctx)  # (B, H, n, d_head)
+        att = self.hook_pattern((q @ k.transpose(-2, -1)) * (1.0 / n_keys))  # (B, H, T, n)
+        if self.hook_z.active:
+            return h + self.hook_z(torch.einsum("hij,bhtj->bthi", self.W_o, att @ v)).sum(2)
+        return h + torch.einsum("hij,bhtj->bti", self.W_o, att @ v)
 
     @classmethod
     def from_pq(cls, P: torch.Tensor, Q: torch.Tensor, **kwargs) -> LinearAttention:
@@ -351,6 +400,14 @@ class SparseSoftmaxAttention(SoftmaxAttention):
         self.heads = heads
         self.dim, self.d_head = heads.dim, heads.q.rows
         self.causal, self.key_flag = causal, key_flag
+        self.hook_pattern = HookPoint()  # (B, M, T, S): softmax weights per head, only when hooked
+        self.hook_z = HookPoint()  # (B, T, M, D): per-head update, only when hooked
+
+    @staticmethod
+    def _pattern(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if mask is None:
+            return torch.softmax(scores, dim=-1)
+        return torch.softmax(scores.masked_fill(~mask[:, None], float("-inf")), dim=-1).nan_to_num(0.0)
 
     @property
     def num_heads(self) -> int:
@@ -363,7 +420,9 @@ class SparseSoftmaxAttention(SoftmaxAttention):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if h.dim() != 3 or h.shape[-1] != self.dim:
             raise ShapeError(f"tokens must be (B, T, {self.dim}), got {tuple(h.shape)}")
-        hb = self.heads
+        if _hooked(self):
+            return _bank_forward_hooked(self, h, self._pattern)
+        hb = bank_for(self, h)
         qh, kh, vals = hb.project(h)  # (B, T, G, r), (B, T, G, r), (B, T, G, e)
         unmasked = not self.causal and self.key_flag is None
         if unmasked and _invariant(qh):

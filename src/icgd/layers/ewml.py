@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from icgd.layers.heads import HeadLayer
+from icgd.layers.heads import HeadLayer, bank_for
 
 
 class EWML(HeadLayer):
@@ -13,7 +13,7 @@ class EWML(HeadLayer):
     MLPs cannot do exactly (Wu et al. Remark 3)."""
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        hb = self.heads
+        hb = bank_for(self, h)
         qh, kh, vals = hb.project(h)  # (B, T, G, r), (B, T, G, r), (B, T, G, e)
         # no activation: the heads of a group fold into one weight per row, μ (G, r) (HeadBank.self_coefficients)
         coef = (qh * kh).mul_(hb.self_coefficients()).sum(-1)  # (B, T, G)

@@ -314,8 +314,49 @@ class HeadBank(nn.Module):
         return self.q(h), self.k(h), self.v.read(h)
 
 
+class BankView:
+    """A :class:`HeadBank` seen with other head coefficients ``alpha`` and/or ``c`` for one call (the bank itself is
+    not changed); everything else is the bank's."""
+
+    def __init__(self, bank: HeadBank, alpha: torch.Tensor | None = None, c: torch.Tensor | None = None,
+                 c_scale: float | None = None):
+        self._bank, self._c_scale = bank, c_scale
+        self.alpha = bank.alpha if alpha is None else alpha
+        if c_scale is not None:  # c = c_scale · (the bank's c)
+            c = bank.c * c_scale
+        self.c = bank.c if c is None else c
+
+    def __getattr__(self, name: str):
+        return getattr(self._bank, name)
+
+    def dense(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return HeadBank.dense(self)
+
+    def self_coefficients(self) -> torch.Tensor:
+        return HeadBank.self_coefficients(self)
+
+    def relu_sectors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The sectors of the viewed coefficients: the head sum is linear in c, so a view that only rescales the
+        bank's c rescales the bank's cached sector coefficients; any other view computes its own."""
+        if self.alpha is self._bank.alpha and self._c_scale is not None:
+            sectors = self._bank.relu_sectors()
+            return None if sectors is None else (sectors[0], sectors[1] * self._c_scale)
+        return HeadBank.relu_sectors(self)
+
+
+def bank_for(layer: nn.Module, h: torch.Tensor) -> HeadBank | BankView:
+    """The heads of `layer` for the input `h`: ``layer.heads``, or, when the layer has ``coefficients`` (a module
+    mapping the tokens and the bank to ``{"alpha": …, "c": …}``, e.g. a GD step whose size depends on the number
+    of context tokens), a :class:`BankView` with those coefficients. Nothing is stored between calls."""
+    coefficients = getattr(layer, "coefficients", None)
+    return layer.heads if coefficients is None else BankView(layer.heads, **coefficients(h, layer.heads))
+
+
 class HeadLayer(nn.Module):
-    """Base of the layers whose heads live in a :class:`HeadBank` (ReLU attention, EWML)."""
+    """Base of the layers whose heads live in a :class:`HeadBank` (ReLU attention, EWML).
+
+    ``coefficients`` (optional child module) gives prompt-dependent head coefficients per call (:func:`bank_for`).
+    """
 
     def __init__(self, heads: HeadBank, **options):
         super().__init__()

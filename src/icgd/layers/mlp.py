@@ -6,6 +6,7 @@ Akyürek et al. (Eq. 5–6), whose Lemma 4 multiplies two numbers with three GeL
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -16,23 +17,28 @@ from icgd.errors import ShapeError, SpecError
 ACTIVATIONS = {
     "relu": torch.relu,
     "gelu": torch.nn.functional.gelu,  # z Φ(z), erf form
+    # GPT-2's tanh approximation of GELU; on CPU PyTorch's kernel for it is ~3x slower than the exact erf form
+    "gelu_tanh": functools.partial(torch.nn.functional.gelu, approximate="tanh"),
 }
 
 
 class MLP(nn.Module):
     """``H + W2 relu(W1 H)`` applied to every token (Wu et al. Def. 8; bias-free — a constant-1 token coordinate
     plays the bias), or ``H + W2 relu(W1 H + b1) + b2`` with ``bias=True``. ``activation="gelu"`` puts
-    ``gelu(z) = z Φ(z)`` in place of relu (Akyürek et al. Eq. 6)."""
+    ``gelu(z) = z Φ(z)`` in place of relu (Akyürek et al. Eq. 6), ``"gelu_tanh"`` GPT-2's approximation.
+
+    ``residual=False`` returns the update only, ``W2 act(W1 h + b1) + b2``: the MLP of a pre-LayerNorm block
+    (:class:`icgd.models.ICLTransformer`, where the block adds it to the residual stream)."""
 
     def __init__(self, dim: int, width: int, *, bias: bool = False, generator: torch.Generator | None = None,
-                 dtype: torch.dtype | None = None, activation: str = "relu"):
+                 dtype: torch.dtype | None = None, activation: str = "relu", residual: bool = True):
         super().__init__()
         for name, value, low in (("dim", dim, 1), ("width", width, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise SpecError(f"MLP needs integers dim >= 1 and width >= 0, got {name}={value!r}")
         if activation not in ACTIVATIONS:
             raise SpecError(f"unknown MLP activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
-        self.activation = activation
+        self.activation, self.residual = activation, residual
         dtype = dtype or torch.get_default_dtype()
         self.dim, self.width = dim, width
         self.W1 = nn.Parameter(torch.randn(width, dim, generator=generator, dtype=dtype) / math.sqrt(dim))
@@ -79,6 +85,9 @@ class MLP(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if h.shape[-1] != self.dim:
             raise ShapeError(f"tokens have dimension {h.shape[-1]}, the MLP expects {self.dim}")
+        if not self.residual:  # fused bias adds (nn.Linear's kernels); the block adds the residual
+            act = ACTIVATIONS[self.activation]
+            return nn.functional.linear(act(nn.functional.linear(h, self.W1, self.b1)), self.W2, self.b2)
         z = _matmul(h, self.W1)
         if self.b1 is not None:
             z = z + self.b1
@@ -93,7 +102,8 @@ class MLP(nn.Module):
 
     def extra_repr(self) -> str:
         act = "" if self.activation == "relu" else f", activation={self.activation}"
-        return f"dim={self.dim}, width={self.width}, bias={self.bias}, sparse={self.W1.is_sparse}{act}"
+        res = "" if self.residual else ", residual=False"
+        return f"dim={self.dim}, width={self.width}, bias={self.bias}, sparse={self.W1.is_sparse}{act}{res}"
 
 
 def _matmul(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:

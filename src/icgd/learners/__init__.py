@@ -4,12 +4,12 @@
 * Batched in-context baselines with one interface, ``learner.predict(X, Y, x_query)`` and
   ``learner.prefix_predictions(X, Y)`` (see :mod:`icgd.learners.base`): :class:`LeastSquares`, :class:`Ridge`,
   :class:`Lasso`, :class:`GD`, :class:`GDPlusPlus`, :class:`Newton`, :class:`SGD`, :class:`KNN`,
-  :class:`Averaging`, :class:`KernelRegression`, :class:`DirectTraining`; by name via :func:`make_learner`.
+  :class:`Averaging`, :class:`KernelRegression`, :class:`DirectTraining`, :class:`NetworkGD` (GD on Wu's network); by name via :func:`make_learner`.
 """
 
 from icgd.learners.base import Learner
 from icgd.learners.direct import DirectTraining, EpochScores, r2_per_position
-from icgd.learners.gd import empirical_risk, gd_trajectory
+from icgd.learners.gd import NetworkGD, empirical_risk, gd_trajectory
 from icgd.learners.kernel import KernelRegression
 from icgd.learners.linear import GD, SGD, Averaging, GDPlusPlus, Lasso, LeastSquares, LineSearch, Newton, Ridge
 from icgd.learners.neighbors import KNN
@@ -29,6 +29,7 @@ __all__ = [
     "Learner",
     "LeastSquares",
     "LineSearch",
+    "NetworkGD",
     "Newton",
     "Ridge",
     "empirical_risk",

@@ -20,8 +20,9 @@ from typing import Any
 
 import torch
 
-from icgd._checks import as_float_tensor, batched
+from icgd._checks import as_float_tensor
 from icgd.errors import ShapeError
+from icgd.tokens import check_prompt
 
 
 def _to_like(value, name: str, like: torch.Tensor) -> torch.Tensor:
@@ -30,54 +31,9 @@ def _to_like(value, name: str, like: torch.Tensor) -> torch.Tensor:
 
 def check_context(X, Y, x_query=None, *, min_pairs: int = 1
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, bool]:
-    """Validate a context (and queries): returns ``X (B, n, d)``, ``Y (B, n, d_out)``, ``x_query (B, m, d)`` or None,
-    and whether the inputs were unbatched.
-
-    Raises :class:`~icgd.errors.NonFiniteError` on NaN/inf and :class:`~icgd.errors.ShapeError` on any shape that
-    does not fit (with the shape that was expected).
-    """
-    X = as_float_tensor(X, "X")
-    Y = _to_like(Y, "Y", X)
-    X, single = batched(X, "X", 2)
-    rank = X.dim() - (1 if single else 0)
-    B, n, d = X.shape
-    if Y.dim() == rank - 1 and tuple(Y.shape) == tuple(X.shape[1 if single else 0:-1]):
-        raise ShapeError(
-            f"Y has shape {tuple(Y.shape)} but needs a trailing output axis: expected "
-            f"{(n, 1) if single else (B, n, 1)}; for scalar targets pass Y[..., None]"
-        )
-    if Y.dim() != rank:
-        raise ShapeError(
-            f"Y must have {rank} dimensions ({'(n, d_out)' if single else '(B, n, d_out)'}) like X "
-            f"{tuple(X.shape[1:] if single else X.shape)}, got shape {tuple(Y.shape)}"
-        )
-    Y = Y.unsqueeze(0) if single else Y
-    if tuple(Y.shape[:2]) != (B, n):
-        raise ShapeError(
-            f"Y has shape {tuple(Y.shape[1:] if single else Y.shape)} but X has "
-            f"{'' if single else f'{B} prompts and '}{n} pairs: expected "
-            f"{(n, 'd_out') if single else (B, n, 'd_out')}"
-        )
-    if n < min_pairs:
-        raise ShapeError(
-            f"the context needs at least {min_pairs} (x, y) pair(s), got X of shape "
-            f"{tuple(X.shape[1:] if single else X.shape)}; prefix_predictions covers the empty context"
-        )
-    if x_query is None:
-        return X, Y, None, single
-    q = _to_like(x_query, "x_query", X)
-    if q.dim() != rank:
-        hint = "; for one query point pass x_query[None]" if q.dim() == rank - 1 else ""
-        raise ShapeError(
-            f"x_query must have shape {'(m, d)' if single else '(B, m, d)'} like X, got {tuple(q.shape)}{hint}"
-        )
-    q = q.unsqueeze(0) if single else q
-    if q.shape[0] != B or q.shape[-1] != d:
-        raise ShapeError(
-            f"x_query has shape {tuple(q.shape[1:] if single else q.shape)}, expected "
-            f"{('m', d) if single else (B, 'm', d)} to match X {tuple(X.shape[1:] if single else X.shape)}"
-        )
-    return X, Y, q, single
+    """Validate a context (and queries) with :func:`icgd.tokens.check_prompt`: returns ``X (B, n, d)``,
+    ``Y (B, n, d_out)``, ``x_query (B, m, d)`` or None, and whether the inputs were unbatched."""
+    return tuple(check_prompt(X, Y, x_query, min_pairs=min_pairs))
 
 
 def check_targets(y, name: str, x_query: torch.Tensor, d_out: int) -> torch.Tensor:

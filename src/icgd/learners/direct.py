@@ -14,6 +14,7 @@ from typing import NamedTuple
 import torch
 
 from icgd._checks import positive_float, positive_int
+from icgd.analysis import r2_per_position
 from icgd.errors import ShapeError, SpecError
 from icgd.learners.base import Learner, check_context, check_targets
 from icgd.nets import get_activation
@@ -35,17 +36,6 @@ class EpochScores(NamedTuple):
     best: torch.Tensor
     epoch: torch.Tensor
     scores: torch.Tensor
-
-
-def r2_per_position(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """R² at each position over the batch: ``1 − Σ_b ‖ŷ_b − y_b‖² / Σ_b ‖y_b − ȳ‖²`` with ``ȳ`` the batch mean.
-
-    ``pred (..., B, m, d_out)``, ``y (B, m, d_out)`` → ``(..., m)``; needs B ≥ 2."""
-    if y.shape[0] < 2:
-        raise ShapeError(f"R² per position is taken over the batch and needs at least 2 prompts, got {y.shape[0]}")
-    resid = ((pred - y) ** 2).sum(dim=(-3, -1))
-    total = ((y - y.mean(dim=0, keepdim=True)) ** 2).sum(dim=(0, -1))
-    return 1.0 - resid / total
 
 
 class DirectTraining(Learner):

@@ -9,7 +9,8 @@ import torch
 
 from icgd._checks import as_float_tensor, positive_float, positive_int
 from icgd.errors import NonFiniteError, ShapeError
-from icgd.nets import NetSpec, check_prompt, forward_all
+from icgd.learners.base import Learner
+from icgd.nets import NetSpec, check_prompt, forward, forward_all
 
 
 def empirical_risk(spec: NetSpec, w: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
@@ -53,3 +54,21 @@ def gd_trajectory(spec: NetSpec, X, Y, w0, eta: float, steps: int, box: float | 
             traj.append(w)
     out = torch.stack(traj, dim=1)
     return out[0] if single else out
+
+
+class NetworkGD(Learner):
+    """The learner protocol around :func:`gd_trajectory`: `steps` steps of projected GD from `w0` on the network
+    `spec` fitted to the context, then ``f(w_steps, x_query)``. The reference of :func:`icgd.constructions.deep_gd`
+    and :func:`icgd.constructions.deep_gd_softmax`."""
+
+    name = "network_gd"
+
+    def __init__(self, spec: NetSpec, w0, *, eta: float, steps: int, box: float | None = None):
+        self.spec, self.w0, self.eta, self.steps, self.box = spec, w0, eta, steps, box
+
+    def _predict(self, X: torch.Tensor, Y: torch.Tensor, x_query: torch.Tensor) -> torch.Tensor:
+        w = gd_trajectory(self.spec, X, Y, self.w0, self.eta, self.steps, self.box)[:, -1]
+        return forward(self.spec, w, x_query)
+
+    def _hparams(self):
+        return {"spec": self.spec, "eta": self.eta, "steps": self.steps, "box": self.box}

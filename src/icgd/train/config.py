@@ -20,6 +20,8 @@ from icgd.memory import MemoryEstimate
 
 # fields that may change between a run and its resumption without changing what is computed
 RESUMABLE = ("steps", "device", "log_every", "save_every", "tensorboard", "out")
+# model options added later: left out of the hash at their defaults, so that older runs still resume
+HASH_DEFAULTS = {"loop_inject": False, "d_mlp": 0, "mlp_activation": "gelu"}
 DEVICE = re.compile(r"cpu|mps|cuda(:[0-9]+)?")
 
 
@@ -56,6 +58,9 @@ class TrainConfig:
     mlp: bool = True
     layernorm: bool = True
     loop: int = 1
+    loop_inject: bool = False  # looped ICLTransformer: add the embedded input before every pass after the first
+    d_mlp: int = 0  # ICLTransformer MLP width (0: 4 * n_embd, as in GPT-2)
+    mlp_activation: str = "gelu"  # "gelu" | "gelu_tanh" | "relu"
     shared: bool = False  # LSA: one layer applied n_layer times
     init_std: float = 0.0  # LSA init std (0: the model's default)
     # optimisation: AdamW, linear warm-up then cosine decay to lr_min_ratio·lr, global-norm clipping
@@ -98,7 +103,7 @@ class TrainConfig:
         self._check_numbers()
         choices = {"model": ("icl", "lsa"), "attention": ("softmax", "relu", "linear"),
                    "token_format": ("interleaved", "concat"), "dtype": ("float32", "float64"),
-                   "on_nonfinite": ("stop", "skip")}
+                   "on_nonfinite": ("stop", "skip"), "mlp_activation": ("gelu", "gelu_tanh", "relu")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"config key {name!r} must be one of {', '.join(allowed)}, got "
@@ -129,7 +134,7 @@ class TrainConfig:
                 upper = "" if hi is None else (" and < 1" if name.startswith("beta") else f" and <= {hi}")
                 raise ConfigError(f"config key {name!r} must be a finite number {'>=' if closed else '>'} {lo}"
                                   f"{upper}, got {getattr(self, name)!r}")
-        for name in ("warmup", "seed"):
+        for name in ("warmup", "seed", "d_mlp"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"config key {name!r} must be >= 0, got {getattr(self, name)}")
 
@@ -175,7 +180,8 @@ class TrainConfig:
 
     def hash(self) -> str:
         """SHA-256 of the fields that determine the computation (see the module docstring)."""
-        d = {k: v for k, v in self.to_dict().items() if k not in RESUMABLE}
+        d = {k: v for k, v in self.to_dict().items()
+             if k not in RESUMABLE and not (k in HASH_DEFAULTS and v == HASH_DEFAULTS[k])}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
     def differing_keys(self, other: TrainConfig) -> list[str]:
@@ -212,14 +218,15 @@ def model_params(cfg: TrainConfig) -> int:
     E, ln = cfg.n_embd, 2 * cfg.n_embd if cfg.layernorm else 0
     tpp = 2 if cfg.token_format == "interleaved" else 1
     token_dim = cfg.d_in + cfg.d_out + (1 if cfg.token_format == "concat" else 0)
-    block = ln + 4 * E * E + 4 * E + ((ln + 8 * E * E + 5 * E) if cfg.mlp else 0)
+    W = cfg.d_mlp or 4 * E
+    block = ln + 4 * E * E + 4 * E + ((ln + 2 * E * W + W + E) if cfg.mlp else 0)
     return (token_dim + 1) * E + tpp * cfg.n_points * E + cfg.n_layer * block + ln + (E + 1) * cfg.d_out
 
 
 def train_memory(cfg: TrainConfig) -> MemoryEstimate:
     """Bytes a training run of `cfg` needs, without building anything: the parameters with their gradients and
     AdamW moments (4 copies, exact), the activations kept for the backward pass of one batch (per layer and pass:
-    about 16·n_embd numbers per token with an MLP, 7 without, plus 3 attention maps of n_head·T² for T tokens), and
+    about 7·n_embd numbers per token plus n_embd + 2·d_mlp with an MLP, plus 3 attention maps of n_head·T² for T tokens), and
     the held-out evaluation (a forward pass of eval_prompts prompts, plus the float64 baselines). Within a small
     factor; see :mod:`icgd.memory`."""
     s = 8 if cfg.dtype == "float64" else 4
@@ -231,7 +238,8 @@ def train_memory(cfg: TrainConfig) -> MemoryEstimate:
         train_acts, eval_acts = cfg.batch_size * per_prompt * s, cfg.eval_prompts * per_prompt * s // cfg.n_layer
     else:
         T = (2 if cfg.token_format == "interleaved" else 1) * n
-        per_layer = T * cfg.n_embd * (16 if cfg.mlp else 7) + 3 * cfg.n_head * T * T
+        mlp = cfg.n_embd + 2 * (cfg.d_mlp or 4 * cfg.n_embd) if cfg.mlp else 0  # 9·n_embd at GPT-2's width
+        per_layer = T * (7 * cfg.n_embd + mlp) + 3 * cfg.n_head * T * T
         train_acts = cfg.batch_size * cfg.n_layer * cfg.loop * per_layer * s
         eval_acts = cfg.eval_prompts * per_layer * s  # no grad: one layer at a time
     d = cfg.d_in

@@ -54,7 +54,7 @@ TUNE_STREAM = EVAL_STREAM + 1
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
-    from icgd.models import LSA, ICLTransformer
+    from icgd.models import LSA, ICLTransformer, ICLTransformerConfig
 
     gen = torch.Generator().manual_seed(cfg.seed)
     dtype = getattr(torch, cfg.dtype)
@@ -62,10 +62,11 @@ def build_model(cfg: TrainConfig) -> nn.Module:
         model = LSA(cfg.d_in, cfg.d_out, n_layer=cfg.n_layer, shared=cfg.shared, n_head=cfg.n_head,
                     init_std=cfg.init_std or None, generator=gen)
     else:
-        model = ICLTransformer(cfg.d_in, cfg.d_out, n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
-                               attention=cfg.attention, causal=cfg.causal, token_format=cfg.token_format,
-                               max_points=cfg.n_points, mlp=cfg.mlp, layernorm=cfg.layernorm, loop=cfg.loop,
-                               generator=gen)
+        model = ICLTransformer(ICLTransformerConfig(
+            cfg.d_in, cfg.d_out, n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, attention=cfg.attention,
+            causal=cfg.causal, token_format=cfg.token_format, max_points=cfg.n_points, mlp=cfg.mlp,
+            layernorm=cfg.layernorm, loop=cfg.loop, loop_inject=cfg.loop_inject, d_mlp=cfg.d_mlp or None,
+            mlp_activation=cfg.mlp_activation), generator=gen)
     return model.to(dtype=dtype, device=cfg.device)
 
 
@@ -211,7 +212,6 @@ class Trainer:
     world: int = 1
 
     def __post_init__(self) -> None:
-        torch.manual_seed(self.cfg.seed)  # only for code paths outside icgd that draw from the global RNG
         self.task = build_task(self.cfg)
         self.model = build_model(self.cfg)
         self.module = self.model
