@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from icgd.errors import SpecError
+from icgd.memory import linear_check_memory
 
 KINDS = ("linear", "gdpp", "ridge", "sgd", "functional", "convex")
 
@@ -108,6 +109,8 @@ def build_and_reference(cfg: LinearCheckConfig, X, Y, Xq):
 def run_linear_check(cfg: LinearCheckConfig) -> LinearCheckResult:
     if cfg.kind not in KINDS:
         raise SpecError(f"unknown construction {cfg.kind!r}; choose one of deep, {', '.join(KINDS)}")
+    linear_check_memory(cfg.kind, d_in=cfg.d_in, n=cfg.n, m=cfg.m, batch=cfg.batch, steps=cfg.steps,
+                        knots=cfg.knots, loss=cfg.loss).check()  # before the prompts are drawn
     X, Y, Xq = _data(cfg)
     model, ref, what = build_and_reference(cfg, X, Y, Xq)
     t0 = time.perf_counter()
