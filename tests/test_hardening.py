@@ -190,6 +190,34 @@ def test_second_process_gets_one_line_naming_the_holder(run_copy, capsys):
     assert load_checkpoint(run_copy).step == 4
 
 
+_HOLDER = "import sys, time\nfrom icgd.train.checkpoint import RunLock\nwith RunLock(sys.argv[1]):\n    time.sleep(120)\n"
+
+
+def test_lock_held_by_another_process_and_released_when_it_is_killed(run_copy, capsys):
+    """A real second process holds the folder: resume is refused with one line naming its pid; after a SIGKILL of
+    the holder the kernel has dropped the lock and the run resumes."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(run_copy)], env={**os.environ})
+    try:
+        deadline = time.monotonic() + 60
+        while f"pid {holder.pid} " not in ((run_copy / ".lock").read_text() if (run_copy / ".lock").exists()
+                                           else "") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        line = assert_one_line_error(*run(["train", "--resume", str(run_copy), "--steps", "4"], capsys), "in use")
+        assert f"pid {holder.pid} " in line
+    finally:
+        holder.kill()
+        holder.wait()
+    resume(run_copy, steps=4, progress=False)
+    assert load_checkpoint(run_copy).step == 4
+    steps = [json.loads(x)["step"] for x in (run_copy / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]  # no duplicated or out-of-order records
+
+
 def test_new_run_over_an_earlier_runs_files_is_refused(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
