@@ -146,6 +146,15 @@ def test_npz_bomb_is_refused_from_its_headers(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_csv_too_large_to_parse_is_refused_before_reading(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "d.csv"
+    path.write_text("a,y\n" + "0.5,1.5\n" * 200000)  # 1.6 MB: about 26 MB once parsed into Python strings
+    monkeypatch.setenv("ICGD_MEMORY_LIMIT", str(16 / 1024))
+    assert_one_line_error(*run(["construct", "deep", "--data", str(path), "--out-dir", str(tmp_path / "o")], capsys),
+                          "parsed cells")
+    assert not (tmp_path / "o").exists()
+
+
 def test_oversized_task_in_a_training_config_leaves_no_folder(tmp_path):
     cfg = build_config("wu-nn-relu-smoke", overrides=["task_kwargs.width=10000000", "batch_size=64"])
     with pytest.raises(ResourceError, match="task 'wu_network'"):

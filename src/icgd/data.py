@@ -7,7 +7,8 @@
   refused and the *decompressed* size is checked against the memory limit (:func:`icgd.memory.npz_memory`) before
   anything is decompressed. A file that is no zip, or a zip with a corrupt member, is a :class:`DataError` too.
 
-Anything else — a missing header, a non-number, a row of the wrong length, NaN or inf, no rows — raises
+A CSV file is refused before it is read when parsing it would not fit (:func:`icgd.memory.csv_memory`). Anything
+else — a missing header, a non-number, a row of the wrong length, NaN or inf, no rows — raises
 :class:`~icgd.errors.DataError` naming the file, the line and the column.
 """
 
@@ -41,6 +42,9 @@ def read_xy(path: str | Path, targets: int = 1) -> tuple[torch.Tensor, torch.Ten
 
 
 def _read_csv(path: Path, targets: int) -> tuple[np.ndarray, np.ndarray]:
+    from icgd.memory import csv_memory
+
+    csv_memory(path, path.stat().st_size).check()
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f))

@@ -226,6 +226,15 @@ def npz_memory(path, arrays: dict[str, tuple[tuple[int, ...], int]]) -> MemoryEs
                           seconds=parts["decompressed arrays"] / 1e9)  # ~1 GB/s to decompress
 
 
+CSV_BYTES_PER_BYTE = 16  # parsed CSV as Python lists of str: ~50 bytes per cell of a few characters, plus float64
+
+
+def csv_memory(path, size: int) -> MemoryEstimate:
+    """Reading a CSV file of `size` bytes strictly (every cell parsed as a Python string first)."""
+    return MemoryEstimate(f"reading {path} ({size} bytes)", {"parsed cells": CSV_BYTES_PER_BYTE * int(size)},
+                          reduce="use a subsample of the data", seconds=size / 2e7)  # ~20 MB/s parsing
+
+
 def linear_check_memory(kind: str, *, d_in: int, n: int, m: int, batch: int, steps: int, knots: int = 64,
                         loss: str = "squared", device=None) -> MemoryEstimate:
     """``icgd construct linear|gdpp|ridge|sgd|functional|convex`` on random prompts: the prompts, the construction
