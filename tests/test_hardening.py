@@ -259,6 +259,9 @@ def test_weights_of_another_dtype_are_refused(run_copy):
                     meta=ck.meta)
     with pytest.raises(CheckpointError, match="is float64, the config needs float32"):
         resume(run_copy, steps=4, progress=False)
+    X, y = _xy(n=4, d=2)  # the estimator's checkpoint engine checks the same way (it used to cast silently)
+    with pytest.raises(CheckpointError, match="is float64, the config needs float32"):
+        InContextRegressor(engine="checkpoint", checkpoint=run_copy).fit(X, y)
 
 
 # ------------------------------------------------------------------------------------ 3. no tracebacks
