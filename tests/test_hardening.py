@@ -199,7 +199,8 @@ def test_second_process_gets_one_line_naming_the_holder(run_copy, capsys):
     assert load_checkpoint(run_copy).step == 4
 
 
-_HOLDER = "import sys, time\nfrom icgd.train.checkpoint import RunLock\nwith RunLock(sys.argv[1]):\n    time.sleep(120)\n"
+_HOLDER = ("import sys, time\nfrom icgd.train.checkpoint import RunLock\n"
+           "with RunLock(sys.argv[1]):\n    time.sleep(120)\n")
 
 
 def test_lock_held_by_another_process_and_released_when_it_is_killed(run_copy, capsys):

@@ -418,7 +418,8 @@ class DecisionTree(Task):
         super().__post_init__()
         positive_int(self.depth, "depth")
         if self.depth > 40:  # 2^depth leaves per prompt: beyond 40 no machine holds one tree
-            raise SpecError(f"decision_tree depth must be at most 40 (a full tree has 2^depth leaves), got {self.depth}")
+            raise SpecError(f"decision_tree depth must be at most 40 (a full tree has 2^depth leaves), got "
+                            f"{self.depth}")
 
     def draw_params(self, count, d_active, g):
         nodes, leaves = 2 ** self.depth - 1, 2 ** self.depth
