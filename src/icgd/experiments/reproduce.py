@@ -90,8 +90,9 @@ def settings_for(name: str, scale: str, overrides: list[str] | None = None) -> d
 
 def _check_override(name: str, key: str, value, default) -> None:
     """An override keeps the kind of the scale's value (a number for a number, an integer for an integer, a list for
-    a list …) and, where that value is positive (sizes, counts, rates), stays positive; so a bad setting is refused
-    here, before any training starts or any folder is written."""
+    a list …); where that value is a positive integer (sizes, counts) it stays >= 1, where it is a non-negative number
+    (rates, scales) it stays >= 0. So a bad setting is refused here, before any training starts or any folder is
+    written."""
     def kind(v):
         if isinstance(v, bool) or v is None:
             return type(v).__name__
@@ -105,8 +106,9 @@ def _check_override(name: str, key: str, value, default) -> None:
                 return f"an integer like {d}"
             if not math.isfinite(v) or abs(v) > 2 ** 63 - 1:
                 return "a finite number"
-            if d > 0 and v <= 0 or d >= 0 and v < 0:
-                return f"a number {'>' if d > 0 else '>='} 0"
+            strict = isinstance(d, int) and d > 0  # a positive count stays >= 1; a rate may be 0 ("off")
+            if (strict and v <= 0) or (d >= 0 and v < 0):
+                return f"a number {'>' if strict else '>='} 0"
         if isinstance(d, list) and d and isinstance(v, list):
             return next((f"a list of {why.removeprefix('a ').removeprefix('an ')}" for why in
                          (bad(x, d[0]) for x in v) if why), "")
