@@ -67,6 +67,7 @@ TOO_BIG_API = {  # each would allocate (or run for) far more than any machine ha
     "decision tree depth 36": lambda: make_task("decision_tree", d=3, depth=36).sample(64, 20, seed=0, step=0),
     "decision tree depth 70": lambda: make_task("decision_tree", d=3, depth=70),
     "task pool of 1e12": lambda: make_task("linear", d=5, pool_size=10 ** 12).pool(),
+    "gp kernel matrix of 1e6 points": lambda: make_task("gp", d=5).sample(8, 10 ** 6, seed=0, step=0),
     "deep_gd steps 1e9": lambda: deep_gd(SPEC, eta=0.1, steps=10 ** 9, box=1.0, x_bound=1.0),
     "deep_gd_softmax steps 1e9": lambda: deep_gd_softmax(NetSpec(2, 3, 2, 1), eta=0.1, steps=10 ** 9, box=1.0,
                                                          x_bound=1.0),

@@ -203,7 +203,7 @@ def task_memory(task, batch: int, points: int) -> MemoryEstimate:
     elif task.name == "decision_tree":
         nodes = 2 ** int(task.depth)
         parts["teacher"] = 8 * 2 * B * nodes * (1 + d_out)
-    elif task.name == "gaussian_process":
+    elif getattr(task, "kernel", None) is not None:  # Gaussian-process labels: a kernel matrix per prompt
         parts["kernel matrix"] = 8 * 4 * B * N * N
     else:
         parts["teacher"] = 8 * 2 * B * d * d_out
