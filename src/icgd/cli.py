@@ -167,7 +167,9 @@ def _construct_deep_data(path, targets, depth, width, activation, steps, eta, kn
 
 def _construct_deep(depth, width, d_in, d_out, activation, steps, eta, knots, box, n, seed, sweep, out_dir,
                     device) -> None:
-    from icgd.experiments.wu_construction import ConstructionConfig, knots_sweep, run_construction
+    from icgd._checks import positive_int
+    from icgd.experiments.wu_construction import (ConstructionConfig, check_construction_config, knots_sweep,
+                                                  run_construction)
     from icgd.plots import plot_error_vs_knots, plot_error_vs_step
 
     try:
@@ -177,6 +179,8 @@ def _construct_deep(depth, width, d_in, d_out, activation, steps, eta, knots, bo
     cfg = ConstructionConfig(depth=depth, width=width, d_in=d_in, d_out=d_out, activation=activation, steps=steps,
                              eta=eta, knots=knots, box=box or None, n=n, seed=seed, device=device)
     _check_deep_memory(cfg.spec, max([knots, *sweep_knots]), box, n + cfg.m, device)
+    for k in sweep_knots:  # refuse a bad sweep before the main run writes its figure
+        check_construction_config(cfg, positive_int(k, "--sweep (knots)", minimum=2))
     res = run_construction(cfg)
     console.print(_layer_table(res.summary, f"{len(res.summary)} layers: {steps} GD steps × {2 * depth + 4} + "
                                             f"{depth} read-out"))
@@ -334,10 +338,27 @@ def _aborted() -> None:
     sys.exit(130)
 
 
+def _beyond_int64(argv: list[str]) -> str:
+    """The first integer on the command line (an option's value, a ``--set key=value`` or a ``--sweep`` entry) that
+    needs more than 64 bits, as ``"OPTION VALUE"``; "" when there is none. Torch and numpy cannot hold such a number,
+    so it is refused before anything runs."""
+    for i, arg in enumerate(argv):
+        for word in arg.replace("=", ",").split(","):
+            digits = word.strip().lstrip("+-").lstrip("0")
+            if digits.isdigit() and digits.isascii() and (len(digits) > 19 or int(digits) > 2 ** 63 - 1):
+                return f"{argv[i - 1] if i and arg[:1] != '-' else ''} {arg}".strip()
+    return ""
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning usage errors and icgd errors into one line and exit code 2
     (``--debug`` anywhere on the command line shows the traceback instead)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    too_big = _beyond_int64(argv)
+    if too_big:
+        print(f"icgd: error: {too_big} does not fit in a 64-bit integer (at most {2 ** 63 - 1}); give a smaller "
+              f"value", file=sys.stderr)
+        sys.exit(2)
     if "--debug" in argv:
         argv.remove("--debug")
         app(args=argv, standalone_mode=False)

@@ -3,9 +3,12 @@
 * **CSV** with one header line; every other line has the same number of comma-separated numbers; the last
   `targets` columns are Y, the others X.
 * **NPZ** (``numpy.savez``) with arrays ``X`` ``(n, d_in)`` and ``Y`` ``(n,)`` or ``(n, d_out)``; read with
-  ``allow_pickle=False``.
+  ``allow_pickle=False``, after the ``.npy`` headers inside the zip were read on their own: object arrays are
+  refused and the *decompressed* size is checked against the memory limit (:func:`icgd.memory.npz_memory`) before
+  anything is decompressed. A file that is no zip, or a zip with a corrupt member, is a :class:`DataError` too.
 
-Anything else — a missing header, a non-number, a row of the wrong length, NaN or inf, no rows — raises
+A CSV file is refused before it is read when parsing it would not fit (:func:`icgd.memory.csv_memory`). Anything
+else — a missing header, a non-number, a row of the wrong length, NaN or inf, no rows — raises
 :class:`~icgd.errors.DataError` naming the file, the line and the column.
 """
 
@@ -14,13 +17,14 @@ from __future__ import annotations
 import csv
 import math
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from icgd._checks import positive_int
+from icgd._checks import positive_float, positive_int
 from icgd.errors import DataError
 
 
@@ -38,6 +42,9 @@ def read_xy(path: str | Path, targets: int = 1) -> tuple[torch.Tensor, torch.Ten
 
 
 def _read_csv(path: Path, targets: int) -> tuple[np.ndarray, np.ndarray]:
+    from icgd.memory import csv_memory
+
+    csv_memory(path, path.stat().st_size).check()
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f))
@@ -71,11 +78,36 @@ def _number(cell: str, path: Path, line: int, column: str) -> float:
     return v
 
 
+def npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], int]]:
+    """``{name: (shape, itemsize)}`` of every array of an ``.npz``, from the ``.npy`` headers alone (a few hundred
+    bytes of each member are decompressed, never the data). Object arrays and unreadable zips raise
+    :class:`DataError`."""
+    out = {}
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                with z.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    shape, _, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                                       else np.lib.format.read_array_header_2_0(f))
+                if dtype.hasobject:
+                    raise DataError(f"{path}: array {name} holds Python objects, which would need unpickling; "
+                                    f"icgd loads no pickles: save numbers (np.savez(path, X=X.astype(float), ...))")
+                out[name] = (tuple(int(v) for v in shape), int(dtype.itemsize))
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError) as exc:
+        raise DataError(f"cannot read {path} as .npz (no pickles allowed): {exc}") from None
+    return out
+
+
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    from icgd.memory import npz_memory
+
+    npz_memory(path, npz_headers(path)).check()
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError) as exc:
         raise DataError(f"cannot read {path} as .npz (no pickles allowed): {exc}") from None
     missing = sorted({"X", "Y"} - set(arrays))
     if missing:
@@ -123,13 +155,15 @@ def construct_on_data(X: torch.Tensor, Y: torch.Tensor, *, depth: int, width: in
     on the data from a seeded w0, and compare with :func:`~icgd.learners.gd_trajectory`. Fit intervals a priori
     from `box` and max |x|, or without a box from the reference trajectory (25 % margin)."""
     from icgd.constructions import deep_gd, fit_ranges_from_data
-    from icgd.constructions.wu import deep_gd_memory
     from icgd.learners import empirical_risk, gd_trajectory
+    from icgd.memory import deep_run_memory
     from icgd.nets import NetSpec, forward, init_weights
 
+    box = None if box is None else positive_float(box, "box")
     spec = NetSpec(X.shape[-1], width, depth, Y.shape[-1], activation)
-    deep_gd_memory(spec, knots=positive_int(knots, "knots", minimum=2), box=box, batch=1, tokens=X.shape[0],
-                   what=f"deep_gd(width={width}, depth={depth}, knots={knots}) on {X.shape[0]} points").check(device)
+    deep_run_memory(spec, knots=positive_int(knots, "knots", minimum=2), box=box, tokens=X.shape[0],
+                    steps=positive_int(steps, "steps", minimum=0),
+                    what=f"deep_gd(width={width}, depth={depth}, knots={knots}) on {X.shape[0]} points").check(device)
     w0 = init_weights(spec, 1, generator=torch.Generator().manual_seed(seed))
     if box is not None:
         w0 = w0.clamp(-box, box)

@@ -64,3 +64,17 @@ class LayoutError(ICGDError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class DeviceError(ICGDError, ValueError):
+    """A device that this machine does not have (``cuda`` without CUDA), or data that live on no device at all
+    (the ``meta`` device holds shapes, not numbers)."""
+
+
+class DTypeError(ICGDError, ValueError):
+    """An input holds values of a kind icgd cannot compute with: complex numbers, strings, or a bool where a number is
+    meant."""
+
+
+class RunLockedError(ICGDError, RuntimeError):
+    """Another process holds the run folder (``icgd train`` or ``--resume`` is running in it)."""

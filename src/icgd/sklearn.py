@@ -39,8 +39,9 @@ except ImportError:  # scikit-learn < 1.6  # pragma: no cover
         return estimator._validate_data(X, y, **kwargs)
 
 from icgd.constructions import ConstructedICGD, convex_gd, deep_gd
-from icgd.errors import CheckpointError, ConfigError, FitRangeError, ShapeError, SpecError
-from icgd.nets import ACTIVATIONS, NetSpec, forward_all, get_activation, init_weights, unflatten
+from icgd.errors import (CheckpointError, ConfigError, DataError, DeviceError, DTypeError, FitRangeError, ShapeError,
+                         SpecError)
+from icgd.nets import ACTIVATIONS, NetSpec, get_activation, init_weights, unflatten
 
 ENGINES = ("construct", "checkpoint")
 RANGE_MARGIN = 1.25  # fit intervals are this much wider than the largest pre-activation they must hold
@@ -93,9 +94,108 @@ def _check_eta(eta) -> float | None:
 
 def _check_device(device) -> torch.device:
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise SpecError(f"device must name a torch device such as 'cpu' or 'cuda', got {device!r}") from exc
+    _check_device_available(dev)
+    return dev
+
+
+# ------------------------------------------------------------------------------------ input validation (hardening)
+
+
+def _check_device_available(dev: torch.device) -> None:
+    """A device this machine has: ``cuda`` needs CUDA, ``mps`` needs MPS, and ``meta`` holds no numbers."""
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device={str(dev)!r} was asked for but torch sees no CUDA device; use device='cpu'")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError("device='mps' was asked for but is not available; use device='cpu'")
+    if dev.type == "meta":
+        raise DeviceError("device='meta' holds shapes but no numbers and cannot run a transformer; use device='cpu'")
+
+
+def _check_not_meta(A, name: str) -> None:
+    """Neither a meta tensor (no numbers) nor complex numbers (a cast would drop the imaginary part)."""
+    if isinstance(A, torch.Tensor) and A.device.type == "meta":
+        raise DeviceError(f"{name} is a tensor on the meta device, which holds a shape but no numbers; pass data "
+                          f"(e.g. {name}.to('cpu') of a materialised tensor)")
+    if (A.is_complex() if isinstance(A, torch.Tensor) else getattr(getattr(A, "dtype", None), "kind", "") == "c"):
+        raise DTypeError(f"Complex data not supported: {name} holds complex numbers; pass the real part or split "
+                         f"real and imaginary parts into separate features")
+
+
+def _check_numeric_targets(y) -> None:
+    """Regression targets must be numbers: strings are refused (a classifier takes labels), not cast or summed."""
+    _check_not_meta(y, "y")
+    if isinstance(y, torch.Tensor):
+        return
+    a = np.asarray(y) if not hasattr(y, "dtype") else y
+    kind = getattr(getattr(a, "dtype", None), "kind", "")
+    if kind in "USO" and kind:
+        try:
+            np.asarray(a, dtype=np.float64)
+        except (TypeError, ValueError):
+            example = next(iter(np.asarray(a).ravel()), "")
+            raise DTypeError(f"y holds non-numeric values (e.g. {str(example)!r}); InContextRegressor needs numeric "
+                             f"targets: convert them, or use InContextClassifier for class labels") from None
+        if kind in "US":
+            raise DTypeError(f"y holds numbers written as strings (dtype {a.dtype}); convert them first, e.g. "
+                             f"y.astype(float)")
+
+
+def _check_standardizable(A: np.ndarray, name: str, enabled: bool) -> None:
+    """Refuse data whose standardisation overflows float64 (the mean or the standard deviation is inf: every
+    standardised value would be 0 or NaN and the predictions constant or NaN)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, scale = _moments(A, enabled)
+        bad = ~(np.isfinite(mean) & np.isfinite(scale))
+        if not bad.any():
+            bad = ~np.isfinite((A - mean) / scale).all(axis=0)
+    if bad.any():
+        j = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{name} column {j} (largest |value| {np.abs(A[:, j]).max():.3g}) overflows float64 when "
+                        f"standardised; rescale the data (e.g. divide by a power of 10) before fitting")
+
+
+def _check_queries(est, X) -> None:
+    """Queries for ``predict``: at least one, of the width seen in ``fit``, not on the meta device (sklearn's
+    message for a wrong width, as a :class:`~icgd.errors.ShapeError`)."""
+    _check_not_meta(X, "X")
+    shape = getattr(X, "shape", None)
+    if shape is None:
+        try:
+            shape = np.shape(X)
+        except (ValueError, TypeError):
+            return  # left to sklearn's validation
+    if len(shape) == 2 and shape[0] == 0:
+        raise ShapeError(f"Found array with 0 sample(s) (shape={tuple(shape)}) while a minimum of 1 is required by "
+                         f"{type(est).__name__}: X holds zero queries; pass at least one row to predict")
+    if len(shape) == 2 and shape[1] != est.n_features_in_:
+        raise ShapeError(f"X has {shape[1]} features, but {type(est).__name__} is expecting {est.n_features_in_} "
+                         f"features as input.")
+
+
+def _check_regressor_size(est, X: np.ndarray, n_outputs: int) -> None:
+    """Refuse in ``fit``, before any work, a network whose construction could not be built or run in ``predict``
+    (:func:`icgd.memory.estimator_memory`: the transformer for the context plus a chunk of queries, its layers and
+    the power iteration of ``eta='auto'``)."""
+    from icgd.memory import estimator_memory
+
+    spec = NetSpec(X.shape[1] + 1, est.width, est.depth, n_outputs, est.activation, output_activation=False)
+    estimator_memory(spec, n=X.shape[0], queries=min(est.batch_size, 1 << 16), knots=est.knots, box=est.box,
+                     steps=est.steps, iterations=POWER_ITERATIONS if isinstance(est.eta, str) else 0,
+                     what=f"InContextRegressor(width={est.width}, depth={est.depth}, knots={est.knots}, "
+                          f"steps={est.steps}) on {X.shape[0]} samples").check(est.device)
+
+
+def _check_classifier_size(est, X: np.ndarray, classes: int) -> None:
+    from icgd.constructions.bai import convex_gd_memory
+    from icgd.memory import layer_stack
+
+    what = f"InContextClassifier(knots={est.knots}, steps={est.steps}) on {X.shape[0]} samples"
+    (convex_gd_memory(X.shape[1] + 1, knots=est.knots, loss="logistic", batch=classes,
+                      tokens=X.shape[0] + min(est.batch_size, 1 << 16), what=what)
+     + layer_stack(what, est.steps, 6, 1)).check(est.device)
 
 
 def network_jacobian(spec: NetSpec, w: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
@@ -356,8 +456,14 @@ class InContextRegressor(RegressorMixin, BaseEstimator):
         self : InContextRegressor
         """
         self._check_params()
+        _check_not_meta(X, "X")
+        _check_numeric_targets(y)
         X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=np.float64)
         Y = y.reshape(len(y), -1)
+        _check_standardizable(X, "X", self.standardize)
+        _check_standardizable(Y, "y", self.standardize)
+        if self.engine == "construct":
+            _check_regressor_size(self, X, Y.shape[1])
         self._y_1d = y.ndim == 1
         self._engine = self.engine
         self.n_outputs_ = Y.shape[1]
@@ -402,7 +508,7 @@ class InContextRegressor(RegressorMixin, BaseEstimator):
 
     def _load_checkpoint(self, n_samples: int) -> torch.nn.Module:
         from icgd.models import ICLTransformer
-        from icgd.train.checkpoint import load_checkpoint
+        from icgd.train.checkpoint import check_tensors, load_checkpoint
         from icgd.train.config import TrainConfig
         from icgd.train.loop import build_model
 
@@ -415,6 +521,7 @@ class InContextRegressor(RegressorMixin, BaseEstimator):
                              f"{cfg.d_in} features (and {cfg.d_out} targets) or train a model of that size")
         ck = load_checkpoint(folder, device=cfg.device)
         model = build_model(cfg)
+        check_tensors(model.state_dict(), ck.model, f"the checkpoint in {folder}")
         try:
             model.load_state_dict(ck.model)
         except RuntimeError as exc:
@@ -453,6 +560,7 @@ class InContextRegressor(RegressorMixin, BaseEstimator):
         y : ndarray of shape (n_queries,) or (n_queries, n_outputs_), like the y given to ``fit``
         """
         check_is_fitted(self)
+        _check_queries(self, X)
         X = validate_data(self, X, reset=False, dtype=np.float64)
         Q = torch.from_numpy(self._inputs(X))
         Z = self._predict_checkpoint(Q) if self._engine == "checkpoint" else self._predict_construct(Q)
@@ -571,8 +679,12 @@ class InContextClassifier(ClassifierMixin, BaseEstimator):
         self : InContextClassifier
         """
         self._check_params()
+        _check_not_meta(X, "X")
+        _check_not_meta(y, "y")
         X, y = validate_data(self, X, y, dtype=np.float64)
         check_classification_targets(y)
+        _check_standardizable(X, "X", self.standardize)
+        _check_classifier_size(self, X, len(np.unique(y)))
         self.classes_, codes = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
             raise ValueError(f"InContextClassifier needs samples of at least 2 classes; the data contain only one "
@@ -589,6 +701,7 @@ class InContextClassifier(ClassifierMixin, BaseEstimator):
         """The logits ``w_stepsᵀ x̃`` read off the query tokens: ``(n_queries,)`` for two classes (positive means
         ``classes_[1]``), else ``(n_queries, n_classes)``, one per one-vs-rest problem."""
         check_is_fitted(self)
+        _check_queries(self, X)
         X = validate_data(self, X, reset=False, dtype=np.float64)
         Q = torch.from_numpy(np.hstack([(X - self.x_mean_) / self.x_scale_, np.ones((X.shape[0], 1))]))
         device = _check_device(self.device)

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import torch
 
 from icgd._checks import as_float_tensor, positive_float, positive_int
+from icgd.memory import task_memory
 from icgd.errors import SpecError
 from icgd.layers.attention import KERNELS
 from icgd.nets import NetSpec, flatten, forward, init_weights
@@ -197,6 +198,7 @@ class Task:
         if self.pool_size is None:
             raise SpecError(f"task {self.name!r} has no pool; build it with pool_size=K")
         if self._pool is None:
+            task_memory(self, self.pool_size, 1).check()
             g = generator_for(self.pool_seed, 0, f"pool:{self.name}")
             object.__setattr__(self, "_pool", self.draw_params(self.pool_size, self.d, g))
         return self._pool
@@ -244,6 +246,7 @@ class Task:
             raise SpecError(f"n_dims={d_active} exceeds the task's d={self.d}; the curriculum must end at d or below")
         if dtype not in (torch.float32, torch.float64):
             raise SpecError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        task_memory(self, batch, n + m).check(device)  # teacher width, tree depth, batch: refused before drawing
         g = generator_for(seed, step)
         x = self.inputs(batch, n + m, d_active, g)
         y, teacher = self.labels(x, d_active, g)
@@ -414,6 +417,9 @@ class DecisionTree(Task):
     def __post_init__(self) -> None:
         super().__post_init__()
         positive_int(self.depth, "depth")
+        if self.depth > 40:  # 2^depth leaves per prompt: beyond 40 no machine holds one tree
+            raise SpecError(f"decision_tree depth must be at most 40 (a full tree has 2^depth leaves), got "
+                            f"{self.depth}")
 
     def draw_params(self, count, d_active, g):
         nodes, leaves = 2 ** self.depth - 1, 2 ** self.depth

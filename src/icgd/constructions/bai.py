@@ -36,7 +36,7 @@ from icgd.constructions.wu import _itemsize, _sparse_bytes
 from icgd.errors import ShapeError, SpecError
 from icgd.layers import EWML, MLP, ReLUAttention
 from icgd.layers.heads import fit_heads, sparse_bank, sparse_bank_bytes
-from icgd.memory import MemoryEstimate
+from icgd.memory import MemoryEstimate, check_layers
 from icgd.nets import get_activation
 from icgd.tokens import Layout, pack_prompt
 
@@ -200,6 +200,7 @@ def convex_gd(d_in: int, *, loss: str = "squared", eta: float, steps: int, lam: 
         raise SpecError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
     convex_gd_memory(d_in, knots=positive_int(knots, "knots", minimum=2), loss=loss, dtype=check_dtype(dtype),
                      what=f"convex_gd(d_in={d_in}, knots={knots})").check()
+    check_layers(f"convex_gd(steps={steps})", steps, 6, 1)
     return ConvexGD(d_in, loss=loss, eta=positive_float(eta, "eta"), steps=steps,
                     lam=positive_float(lam, "lam", allow_zero=True), knots=positive_int(knots, "knots", minimum=2),
                     fit_range=positive_float(fit_range, "fit_range"),

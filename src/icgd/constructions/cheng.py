@@ -24,6 +24,7 @@ from icgd.constructions.base import PromptModel, check_dtype, per_layer
 from icgd.constructions.von_oswald import lsa_layout
 from icgd.errors import SpecError
 from icgd.layers import KernelAttention
+from icgd.memory import check_layers
 from icgd.layers.attention import KERNELS
 from icgd.tokens import Layout
 
@@ -63,6 +64,7 @@ def functional_gd(d_in: int, *, kernel: str, eta, steps: int, bandwidth: float =
     ``f_{t+1}(x) = f_t(x) + (η/n) Σ_i (y_i − f_t(x_i)) k(x_i, x)`` (Cheng, Chen & Sra, Prop. 1).
     `kernel` is linear, relu, exp or rbf; `eta` is one step size or one per layer."""
     d_in, steps = positive_int(d_in, "d_in"), positive_int(steps, "steps")
+    check_layers(f"functional_gd(d_in={d_in}, steps={steps})", steps, 1, 0, 4 * 8 * (d_in + 2) ** 2)
     if kernel not in KERNELS:
         raise SpecError(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
     return FunctionalGD(d_in, kernel, per_layer(eta, steps, "eta"), positive_float(bandwidth, "bandwidth"),

@@ -21,12 +21,14 @@ import torch
 from torch import nn
 
 from icgd.errors import SpecError
+from icgd.memory import linear_check_memory
 from icgd.learners import GD, SGD, GDPlusPlus, Learner, NetworkGD, Ridge
 
 COMMON = {"d_in": (5, "input dimension"), "n": (20, "context points"), "m": (8, "query points per prompt"),
           "batch": (16, "prompts"), "seed": (0, "seed of the random prompts")}
 
 Setting = dict[str, Any]
+LINEAR_KINDS = ("linear", "gdpp", "ridge", "sgd", "functional", "convex")  # sized by linear_check_memory
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,9 @@ def check(name: str, **given) -> CheckResult:
     """Build `name` for the setting, run it and its reference learner on the same random prompts, compare."""
     entry = get(name)
     s = entry.setting(**given)
+    if name in LINEAR_KINDS:  # refuse an absurd size before the prompts are drawn
+        linear_check_memory(name, d_in=s["d_in"], n=s["n"], m=s["m"], batch=s["batch"], steps=s.get("steps", 1),
+                            knots=s.get("knots", 64), loss=s.get("loss", "squared")).check()
     X, Y, Xq = (entry.sample or linear_prompts)(s)
     model = entry.build(s)
     ref = entry.reference(s).predict(X, Y, Xq)

@@ -29,6 +29,7 @@ import torch
 from icgd._checks import finite_float, positive_int
 from icgd.constructions.base import PromptModel, check_dtype, per_layer
 from icgd.layers import LinearAttention
+from icgd.memory import check_layers
 from icgd.tokens import Layout
 
 
@@ -93,6 +94,7 @@ def linear_gd(d_in: int, d_out: int = 1, *, eta, steps: int = 1, dtype: torch.dt
     `eta` is one step size or one per layer."""
     d_in, d_out = positive_int(d_in, "d_in"), positive_int(d_out, "d_out")
     steps = positive_int(steps, "steps")
+    check_layers(f"linear_gd(d_in={d_in}, steps={steps})", steps, 1, 0, 4 * 8 * (d_in + d_out + 1) ** 2)
     return LinearGD(d_in, d_out, per_layer(eta, steps, "eta"), [0.0] * steps, check_dtype(dtype))
 
 
@@ -103,5 +105,6 @@ def gd_plus_plus(d_in: int, *, eta, gamma, steps: int, d_out: int = 1,
     γ times N); `eta` and `gamma` are numbers or one per layer."""
     d_in, d_out = positive_int(d_in, "d_in"), positive_int(d_out, "d_out")
     steps = positive_int(steps, "steps")
+    check_layers(f"gd_plus_plus(d_in={d_in}, steps={steps})", steps, 1, 0, 4 * 8 * (d_in + d_out + 1) ** 2)
     return LinearGD(d_in, d_out, per_layer(eta, steps, "eta"), per_layer(gamma, steps, "gamma", allow_zero=True),
                     check_dtype(dtype))

@@ -57,12 +57,12 @@ import torch
 
 from icgd._checks import as_float_tensor, batched, positive_float, positive_int
 from icgd.constructions.fits import ReluFit, activation_fits
-from icgd.errors import FitRangeError, ShapeError, SpecError
+from icgd.errors import FitRangeError, RangeError, ShapeError, SpecError
 from icgd.constructions.base import StepScale
 from icgd.layers import EWML, MLP, ReLUAttention, Transformer
 from icgd.layers.heads import fit_heads, sparse_bank, sparse_bank_bytes
 from icgd.memory import ENV as MEMORY_ENV
-from icgd.memory import MemoryEstimate
+from icgd.memory import MemoryEstimate, check_layers
 from icgd.nets import NetSpec, check_prompt, unflatten
 from icgd.tokens import Layout, pack_prompt
 from icgd.tokens import check_prompt as check_xy
@@ -309,6 +309,29 @@ def clip_mlp(D: int, one: int, coords: torch.Tensor, bounds: torch.Tensor, dtype
     return MLP.from_weights(W1, W2, trainable=False)
 
 
+def projection_guard(layout: Layout, box: float, dtype: torch.dtype):
+    """A forward pre-hook for the ``project`` MLP that refuses a step it cannot clip exactly.
+
+    The MLP clips ``z = w − η∇L`` to ``[−box, box]`` as ``z − relu(z − box) + relu(−z − box)``: exact for
+    ``|z| ≤ 2·box`` (Sterbenz), but ``z − box`` is rounded beyond that, with an error up to ``|z|·eps``; at
+    ``|z| ≈ 1e17`` it is the whole box width (float64 eps = 2⁻⁵²), and the clipped weight comes out 0 instead of
+    ±box. Autograd GD clamps exactly. So the hook raises :class:`~icgd.errors.RangeError` when ``|z| > box/√eps``
+    (6.7e7·box in float64, 2.9e3·box in float32), i.e. whenever the rounding error could exceed ``√eps·box``
+    (1.5e-8·box in float64, below the construction's fit errors); below that bound the projection is within
+    ``√eps·box`` of the exact clip."""
+    limit = box / float(torch.finfo(dtype).eps) ** 0.5
+    w = layout.slice("w")
+
+    def hook(module, args):
+        z = args[0][:, 0, w]
+        if z.numel() and float(z.abs().max()) > limit:
+            raise RangeError(f"a GD step reached |w − η∇L| = {float(z.abs().max()):.3g}, beyond {limit:.3g} "
+                             f"(box/√eps for {dtype}): the projection onto [−{box:g}, {box:g}] cannot be computed "
+                             f"exactly that far out (the result would be off by up to the box width); use a smaller "
+                             f"eta, rescale the data, or build the model in float64")
+    return hook
+
+
 class ConstructedICGD(Transformer):
     """The transformer built by :func:`deep_gd`. Gradient descent happens only inside its layers.
 
@@ -331,6 +354,8 @@ class ConstructedICGD(Transformer):
                  *[b.back_layer(j) for j in range(N, 0, -1)], b.step_layer(), b.project_layer(box)]
         roles = ([f"fwd {j}" for j in range(1, N + 1)] + ["deriv", "loss"]
                  + [f"back {j}" for j in range(N, 0, -1)] + ["step", "project"])
+        if box is not None:
+            block[-1].register_forward_pre_hook(projection_guard(layout, box, dtype))
         layers = block * steps + (fwd if readout else [])
         super().__init__(layers, dim=layout.dim)
         self.spec, self.layout, self.eta, self.steps, self.box = spec, layout, eta, steps, box
@@ -500,6 +525,7 @@ def deep_gd(spec: NetSpec, *, eta: float, steps: int, box: float | None = None, 
         raise SpecError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     deep_gd_memory(spec, knots=knots, box=box, dtype=dtype,
                    what=f"deep_gd(width={spec.width}, depth={spec.depth}, knots={knots})").check()
+    check_layers(f"deep_gd(steps={steps})", steps, 2 * spec.depth + 4, spec.depth)
     if fit_range is not None:
         ranges = per_layer_ranges(spec, fit_range)
     elif box is not None and x_bound is not None:

@@ -124,6 +124,7 @@ from torch import nn
 
 from icgd._checks import as_float_tensor, positive_float, positive_int
 from icgd.constructions.base import StepScale, prompt_size
+from icgd.constructions.wu import projection_guard
 from icgd.constructions.wu import (_PY_ENTRY, _CHUNK, ConstructedICGD, _Builder, _itemsize, _range_index_bytes,
                                    _sparse_bytes,
                                    fit_ranges_from_box, per_layer_ranges, wu_layout)
@@ -131,7 +132,7 @@ from icgd.errors import ShapeError, SpecError
 from icgd.layers import EWML, Transformer
 from icgd.layers.attention import SparseSoftmaxAttention
 from icgd.layers.heads import sparse_bank, sparse_bank_bytes
-from icgd.memory import MemoryEstimate
+from icgd.memory import MemoryEstimate, check_layers
 from icgd.nets import Activation, NetSpec, check_prompt, get_activation
 from icgd.tokens import Layout
 
@@ -582,6 +583,8 @@ class ConstructedSoftmaxICGD(ConstructedICGD):
         roles = (["gate"] + [f"fwd {j}" for j in range(1, N + 1)] + ["deriv", "loss"]
                  + [f"back {j}" for j in range(N, 0, -1)] + ["step", "mean", "project"])
         head = [gate, *fwd]
+        if box is not None:
+            block[-1].register_forward_pre_hook(projection_guard(layout, box, dtype))
         Transformer.__init__(self, block * steps + (head if readout else []), dim=layout.dim)
         self.spec, self.layout, self.eta, self.steps, self.box = spec, layout, eta, steps, box
         self.eps, self.order, self.units, self.fit_ranges = eps, order, units, fit_ranges
@@ -685,6 +688,7 @@ def deep_gd_softmax(spec: NetSpec, *, eta: float, steps: int, box: float | None 
                             f"pass eps=None for the automatic choice")
     deep_gd_softmax_memory(spec, units=units, order=order, box=box, dtype=dtype,
                            what=f"deep_gd_softmax(width={spec.width}, depth={spec.depth}, units={units})").check()
+    check_layers(f"deep_gd_softmax(steps={steps})", steps, 2 * spec.depth + 6, spec.depth + 1)
     ranges = _fit_ranges(spec, box, x_bound, fit_range)
     return ConstructedSoftmaxICGD(spec, eta=eta, steps=steps, box=box, eps=eps, order=order, units=units,
                                   fit_ranges=ranges, x_bound=x_bound, readout=readout, dtype=dtype)

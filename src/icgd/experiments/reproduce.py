@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import platform
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +84,39 @@ def settings_for(name: str, scale: str, overrides: list[str] | None = None) -> d
             settings[key] = json.loads(value)
         except json.JSONDecodeError:
             settings[key] = value
+        _check_override(name, key, settings[key], dict(load_experiment(name).SCALES[scale])[key])
     return settings
+
+
+def _check_override(name: str, key: str, value, default) -> None:
+    """An override keeps the kind of the scale's value (a number for a number, an integer for an integer, a list for
+    a list …); where that value is a positive integer (sizes, counts) it stays >= 1, where it is a non-negative number
+    (rates, scales) it stays >= 0. So a bad setting is refused here, before any training starts or any folder is
+    written."""
+    def kind(v):
+        if isinstance(v, bool) or v is None:
+            return type(v).__name__
+        return "number" if isinstance(v, (int, float)) else type(v).__name__
+
+    def bad(v, d) -> str:
+        if kind(v) != kind(d) and not (isinstance(d, (int, float)) and v is None):
+            return f"a {kind(d)} like {json.dumps(d)}"
+        if kind(d) == "number":
+            if isinstance(d, int) and not isinstance(v, int):
+                return f"an integer like {d}"
+            if not math.isfinite(v) or abs(v) > 2 ** 63 - 1:
+                return "a finite number"
+            strict = isinstance(d, int) and d > 0  # a positive count stays >= 1; a rate may be 0 ("off")
+            if (strict and v <= 0) or (d >= 0 and v < 0):
+                return f"a number {'>' if strict else '>='} 0"
+        if isinstance(d, list) and d and isinstance(v, list):
+            return next((f"a list of {why.removeprefix('a ').removeprefix('an ')}" for why in
+                         (bad(x, d[0]) for x in v) if why), "")
+        return ""
+
+    why = bad(value, default)
+    if why:
+        raise ConfigError(f"{name} setting {key!r} must be {why}, got {json.dumps(value)}")
 
 
 def _machine() -> str:
@@ -112,10 +146,18 @@ def run_experiment(name: str, scale: str, out: str | Path, *, device: str = "cpu
         raise ConfigError("--device cuda was asked for but torch sees no GPU; use --device cpu")
     if scale == "paper" and not device.startswith("cuda"):
         log(f"warning: {name} at paper scale is sized for a GPU; on the CPU it may take many hours")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     ctx = RunContext(name, scale, settings, out, device=device, seed=seed, log=log)
     started, t0 = time.strftime("%Y-%m-%d %H:%M"), time.perf_counter()
-    metrics = module.run(ctx)
+    try:
+        metrics = module.run(ctx)
+    except BaseException:
+        # leave no empty folder behind; finished training runs under runs/ are kept (a rerun reuses them), and a
+        # folder that existed before is left as it was
+        if created and not any(p.is_file() for p in out.rglob("*")):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     meta = {"experiment": name, "scale": scale, "seed": seed, "device": device, "started": started,
             "seconds": round(time.perf_counter() - t0, 1), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "icgd": __version__, "machine": _machine()}

@@ -88,9 +88,26 @@ def _timed(fn):
     return out, time.perf_counter() - start
 
 
+def check_construction_config(cfg: ConstructionConfig, knots: int | None = None) -> None:
+    """Everything that can be refused before any work: the box, eta, steps, knots and seed, and the memory and time
+    of the run (:func:`icgd.memory.deep_run_memory`)."""
+    from icgd._checks import positive_float, positive_int
+    from icgd.memory import deep_run_memory
+
+    if cfg.box is not None:
+        positive_float(cfg.box, "box")
+    positive_float(cfg.eta, "eta")
+    positive_int(cfg.seed, "seed", minimum=0)
+    k = positive_int(knots or cfg.knots, "knots", minimum=2)
+    deep_run_memory(cfg.spec, knots=k, box=cfg.box, tokens=cfg.n + cfg.m, steps=positive_int(cfg.steps, "steps", 0),
+                    what=f"deep_gd(width={cfg.width}, depth={cfg.depth}, knots={k}, steps={cfg.steps})"
+                    ).check(cfg.device)
+
+
 def run_construction(cfg: ConstructionConfig, knots: int | None = None) -> ConstructionResult:
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise SpecError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    check_construction_config(cfg, knots)
     spec, dev = cfg.spec, cfg.device
     prompt, w0 = make_problem(cfg)
     X, Y, xq = (t.to(dev) for t in (prompt.X, prompt.Y, prompt.x_query))

@@ -8,6 +8,16 @@ baselines of :mod:`icgd.learners` on the same held-out prompts, crash-safe check
     model.safetensors    \\
     state.safetensors     } the checkpoint (see icgd.train.checkpoint)
     state.json           /
+    .lock                names the process training in the folder (a second one is refused)
+    metrics.rejected.jsonl   lines of metrics.jsonl that were not valid records, kept aside on resume
+
+**Protection.** A run holds the folder's lock while it trains (:class:`~icgd.train.checkpoint.RunLock`). A new
+run refuses a folder with an earlier run's checkpoint, or with its ``config.json``/``metrics.jsonl`` under a
+different config (the same config may start over: it rewrites the same records). On resume every tensor of the
+checkpoint is checked against the model and optimizer the config builds (names, shapes, dtypes), and a checkpoint
+already past the target step is refused. Metrics lines that are not valid records (torn, not an object, mistyped,
+out of order) are moved to ``metrics.rejected.jsonl`` with their line number and the reason, never dropped
+silently.
 
 **Determinism.** The prompts of step s are drawn from a generator seeded by ``(seed, s)``
 (:meth:`icgd.tasks.Task.sample`), the model is initialised from a generator seeded by `seed`, and the held-out set
@@ -30,20 +40,22 @@ the last completed step and exits.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from icgd.errors import CheckpointError, ConfigError, TrainingError
-from icgd.train.checkpoint import (has_checkpoint, load_checkpoint, optimizer_tensors, restore_optimizer,
-                                   save_checkpoint)
+from icgd.train.checkpoint import (RunLock, check_tensors, has_checkpoint, load_checkpoint, optimizer_tensors,
+                                   restore_optimizer, save_checkpoint)
 from icgd.train.config import TrainConfig, train_memory
 
 EVAL_STREAM = 1 << 40  # the held-out prompts use step numbers no training step reaches
@@ -163,29 +175,74 @@ def _tune_gd(cfg: TrainConfig, GD, b: Batch):
 # ---------------------------------------------------------------------------------------------- the run
 
 
+REJECTED = "metrics.rejected.jsonl"
+
+
+def metrics_problem(record) -> str:
+    """Why a parsed metrics line is not a valid record ("" if it is one): an object with an integer ``step`` >= 1,
+    numbers ``train_loss`` and ``eval_loss`` and a ``baselines`` object of numbers."""
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    if not isinstance(record, dict):
+        return f"not a JSON object but {type(record).__name__}"
+    step = record.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+        return f"step must be an integer >= 1, got {step!r}"
+    for key in ("train_loss", "eval_loss"):
+        if not number(record.get(key)):
+            return f"{key} must be a number, got {record.get(key)!r}"
+    base = record.get("baselines")
+    if not isinstance(base, dict) or not all(number(v) for v in base.values()):
+        return f"baselines must be an object of numbers, got {base!r}"
+    return ""
+
+
 class MetricsLog:
-    """``metrics.jsonl``: appended line by line, flushed; on resume, lines past the checkpoint are dropped."""
+    """``metrics.jsonl``: appended line by line, flushed; on resume, lines past the checkpoint are dropped (they are
+    recomputed identically) and invalid lines are moved to ``metrics.rejected.jsonl``."""
 
     def __init__(self, path: Path):
         self.path = path
 
-    def _lines(self) -> list[tuple[str, dict]]:
-        """Complete records; a torn last line (the process killed mid-write) is skipped."""
+    def scan(self) -> tuple[list[tuple[str, dict]], list[dict]]:
+        """(valid records with their lines, rejected lines as ``{"line", "text", "reason"}``). A record whose step
+        does not follow the previous valid one is rejected as out of order."""
         if not self.path.exists():
-            return []
-        out = []
-        for line in self.path.read_text().splitlines():
-            try:
-                out.append((line, json.loads(line)))
-            except ValueError:
+            return [], []
+        good: list[tuple[str, dict]] = []
+        bad: list[dict] = []
+        for number, line in enumerate(self.path.read_text(errors="replace").splitlines(), start=1):
+            if not line.strip():
                 continue
-        return out
+            try:
+                record = json.loads(line)
+                why = metrics_problem(record)
+            except ValueError as exc:
+                why = f"not JSON ({exc}; a torn last line is what a killed process leaves)"
+            if not why and good and record["step"] <= good[-1][1]["step"]:
+                why = f"step {record['step']} after step {good[-1][1]['step']}: out of order"
+            if why:
+                bad.append({"line": number, "text": line, "reason": why})
+            else:
+                good.append((line, record))
+        return good, bad
+
+    def _lines(self) -> list[tuple[str, dict]]:
+        return self.scan()[0]
 
     def truncate_after(self, step: int) -> None:
-        """Keep the records up to `step` (written atomically: temp file, fsync, os.replace)."""
+        """Keep the valid records up to `step` (written atomically: temp file, fsync, os.replace); append the
+        invalid lines to ``metrics.rejected.jsonl`` first."""
         if not self.path.exists():
             return
-        keep = [line for line, record in self._lines() if record.get("step", step + 1) <= step]
+        good, bad = self.scan()
+        if bad:
+            with open(self.path.with_name(REJECTED), "a") as f:
+                f.write("".join(json.dumps(b) + "\n" for b in bad))
+                f.flush()
+                os.fsync(f.fileno())
+            warnings.warn(f"{len(bad)} line(s) of {self.path} were not valid metrics records (first: line "
+                          f"{bad[0]['line']}, {bad[0]['reason']}); kept in {REJECTED}", stacklevel=2)
+        keep = [line for line, record in good if record["step"] <= step]
         tmp = self.path.with_name(self.path.name + ".tmp")
         with open(tmp, "w") as f:
             f.write("".join(line + "\n" for line in keep))
@@ -200,6 +257,7 @@ class MetricsLog:
             os.fsync(f.fileno())
 
     def read(self) -> list[dict]:
+        """The valid records (see :meth:`scan`)."""
         return [record for _, record in self._lines()]
 
 
@@ -247,12 +305,33 @@ class Trainer:
                 keys = ["(unreadable saved config)"]
             raise ConfigError(f"the checkpoint at step {ck.step} was written with a different config (keys: "
                               f"{', '.join(keys)}); pass --force to resume anyway")
+        self._check_loaded(ck)
         self.module.load_state_dict(ck.model)
         restore_optimizer(self.opt, ck.state, ck.meta["optimizer"])
         self.step, self.skips = ck.step, ck.meta.get("skips", 0)
         self.baselines = ck.meta.get("baselines")
         if self.rank == 0:
             self.metrics.truncate_after(self.step)
+
+    def _check_loaded(self, ck) -> None:
+        """The checkpoint's sections, and its tensors against the model and optimizer the config builds."""
+        meta = ck.meta
+        missing = [k for k in ("config_hash", "config", "optimizer") if k not in meta]
+        if missing or not isinstance(meta.get("optimizer"), dict) or "param_groups" not in meta["optimizer"]:
+            raise CheckpointError(f"the checkpoint in {self.out} lacks the section(s) "
+                                  f"{', '.join(missing) or 'optimizer.param_groups'} of state.json; it was not "
+                                  f"written by icgd train. Start a new run")
+        if isinstance(meta.get("skips", 0), bool) or not isinstance(meta.get("skips", 0), int):
+            raise CheckpointError(f"the checkpoint in {self.out} has a mistyped skips counter; start a new run")
+        check_tensors(self.module.state_dict(), ck.model, f"the checkpoint's model in {self.out}")
+        params = list(self.module.parameters())
+        expected = {}
+        for name in ck.state:  # AdamW state: exp_avg and exp_avg_sq shaped like their parameter, a scalar step
+            _, idx, key = (name.split(".", 2) + ["", ""])[:3]
+            if name.startswith("optim.") and idx.isdigit() and int(idx) < len(params):
+                p = params[int(idx)]
+                expected[name] = ck.state[name] if key == "step" else torch.empty(p.shape, dtype=p.dtype)
+        check_tensors(expected, ck.state, f"the checkpoint's optimizer state in {self.out}")
 
     # -- one step
 
@@ -367,31 +446,69 @@ def _check_start(cfg: TrainConfig, steps: int | None) -> None:
     within the limit (:func:`icgd.train.config.train_memory`)."""
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise ConfigError(f"steps must be an integer >= 1, got {steps!r}")
+    _check_int64(cfg)
+    if steps is not None and steps >= 2 ** 63:
+        raise ConfigError(f"steps = {steps} does not fit in a 64-bit integer")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {cfg.device!r} was asked for but torch sees no CUDA device; use --device cpu")
     if cfg.device == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("device 'mps' was asked for but is not available; use --device cpu")
     train_memory(cfg).check(cfg.device)
+    from icgd.memory import task_memory
+
+    task = build_task(cfg)
+    task_memory(task, max(cfg.batch_size, cfg.eval_prompts), cfg.n_points + 1).check(cfg.device)
 
 
-def train(cfg: TrainConfig, out: str | Path, *, steps: int | None = None, progress: bool = True) -> Trainer:
-    """Start a run in `out` (which must not hold a checkpoint) and train it. Everything that can fail on the
-    config (device, memory estimate, task, model, held-out set, baselines) is done before the run folder is
-    created or written."""
-    out = Path(out)
+def _check_int64(cfg: TrainConfig) -> None:
+    """Integers of the config that torch cannot hold (seeds, steps … beyond 64 bits) are refused up front."""
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if isinstance(v, int) and not isinstance(v, bool) and not -(2 ** 63) <= v < 2 ** 63:
+            raise ConfigError(f"config key {f.name!r} = {v} does not fit in a 64-bit integer")
+
+
+def _check_new_folder(cfg: TrainConfig, out: Path) -> None:
+    """A new run may not go where an earlier run left a checkpoint, nor over an earlier run's config.json or
+    metrics.jsonl under a different config (the same config starting over rewrites the same records)."""
     if has_checkpoint(out):
         raise ConfigError(f"{out} already holds a run; resume it with `icgd train --resume {out}` or choose "
                           f"another --out")
+    names = [n for n in ("config.json", "metrics.jsonl", REJECTED) if (out / n).exists()]
+    if not names:
+        return
+    try:
+        keys = cfg.differing_keys(TrainConfig.load(out / "config.json"))
+    except (ConfigError, OSError):
+        keys = ["(no readable config.json)"]
+    if keys:
+        raise ConfigError(f"{out} holds an earlier run's {', '.join(names)} (no checkpoint) with a different config "
+                          f"(keys: {', '.join(keys)}); choose another --out, or delete those files to start over")
+
+
+def train(cfg: TrainConfig, out: str | Path, *, steps: int | None = None, progress: bool = True) -> Trainer:
+    """Start a run in `out` (which must not hold a checkpoint, nor an earlier run's files under another config)
+    and train it. Everything that can fail on the config (device, memory estimate, task, model, held-out set,
+    baselines) is done before the run folder is created or written; the folder is locked while the run trains."""
+    out = Path(out)
+    _check_new_folder(cfg, out)
     _check_start(cfg, steps)
     rank, world = _distributed(cfg)
     trainer = Trainer(cfg, out, progress=progress, rank=rank, world=world)
     trainer.baselines = baseline_losses(cfg, trainer.task, trainer.eval_batch)
     out.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
-        cfg.save(out / "config.json")
-        (out / "metrics.jsonl").unlink(missing_ok=True)
-    trainer.run(steps)
+    with _lock(out, rank):
+        _check_new_folder(cfg, out)  # again, under the lock: another process may have started meanwhile
+        if rank == 0:
+            cfg.save(out / "config.json")
+            (out / "metrics.jsonl").unlink(missing_ok=True)
+        trainer.run(steps)
     return trainer
+
+
+def _lock(out: Path, rank: int):
+    """The run folder's lock, taken by rank 0 only (the other DDP ranks share the run)."""
+    return RunLock(out) if rank == 0 else contextlib.nullcontext()
 
 
 def resume(out: str | Path, *, steps: int | None = None, force: bool = False, progress: bool = True,
@@ -409,8 +526,12 @@ def resume(out: str | Path, *, steps: int | None = None, force: bool = False, pr
         cfg.steps = steps
     rank, world = _distributed(cfg)
     trainer = Trainer(cfg, out, progress=progress, rank=rank, world=world)
-    trainer.restore(force=force)
-    trainer.run(steps)
+    with _lock(out, rank):
+        trainer.restore(force=force)
+        if trainer.step > cfg.steps:
+            raise ConfigError(f"the run in {out} is already at step {trainer.step}, beyond the {cfg.steps} steps "
+                              f"asked for; pass --steps above {trainer.step} to continue it")
+        trainer.run(steps)
     return trainer
 
 
