@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from icgd.errors import ICGDError, ShapeError
+from icgd.layers.summary import LayerTable
 
 HookFn = Callable[[torch.Tensor, str], torch.Tensor | None]
 
@@ -100,9 +101,10 @@ class Transformer(nn.Module):
         out = self.run_with_hooks(tokens, [(n, save) for n in names])
         return out, ActivationCache(sorted(cache.items(), key=lambda kv: _hook_order(kv[0])))
 
-    def summary(self) -> list[dict]:
-        """One row per layer: kind, heads (or MLP width), token dim and nonzero parameter count."""
-        return [layer_info(i, layer, self.dim) for i, layer in enumerate(self.layers)]
+    def summary(self) -> LayerTable:
+        """One row per layer: kind, heads (or MLP width), token dim and nonzero parameter count; a list of dicts
+        that prints as a table (``print(model.summary())``, rich, or the prompt)."""
+        return LayerTable(layer_info(i, layer, self.dim) for i, layer in enumerate(self.layers))
 
 
 def _hook_order(name: str) -> tuple[int, int]:
