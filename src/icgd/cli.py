@@ -470,23 +470,25 @@ def _train_or_resume(preset, config, set_, flags, steps, resume, force, folder: 
 
 def _preset_table():
     """Every preset with its model, size, steps and the CPU time a run is expected to take."""
+    from rich import box
     from rich.table import Table
 
     from icgd.train import PRESETS, build_config
     from icgd.train.config import model_params
     from icgd.train.expected import expected_cpu_seconds, format_duration
 
-    table = Table(title="icgd train --preset NAME", caption="expected CPU time: one thread of a 2-core x86 "
-                  "CPU (see icgd/train/expected.py); a GPU is far faster for the -paper presets")
-    for col, right in (("preset", False), ("task", False), ("model", False), ("parameters", True),
-                       ("steps", True), ("expected CPU time", True)):
-        table.add_column(col, justify="right" if right else "left")
+    table = Table(title="icgd train --preset NAME", box=box.SIMPLE_HEAD, pad_edge=False,
+                  caption="model: LSA, or a GPT-2-style transformer with layers/heads/width and its attention. "
+                          "CPU time: measured on one thread of a shared 2-core x86 machine (icgd/train/expected.py); "
+                          "a GPU is far faster for the -paper presets")
+    for col in ("preset", "model", "params", "steps", "CPU time"):
+        table.add_column(col, justify="left" if col in ("preset", "model") else "right", no_wrap=True)
     for name in sorted(PRESETS):
         cfg = build_config(name)
         model = (f"LSA, {cfg.n_layer} layer" if cfg.model == "lsa" else
-                 f"GPT-2 {cfg.n_layer}L/{cfg.n_head}H/{cfg.n_embd}, {cfg.attention}")
+                 f"{cfg.n_layer}L/{cfg.n_head}H/{cfg.n_embd} {cfg.attention}")
         seconds = expected_cpu_seconds(name, cfg.steps)
-        table.add_row(name, cfg.task, model, f"{model_params(cfg):,}", f"{cfg.steps:,}",
+        table.add_row(name, model, f"{model_params(cfg):,}", f"{cfg.steps:,}",
                       "?" if seconds is None else format_duration(seconds))
     return table
 
@@ -516,9 +518,11 @@ def reproduce(
 
     console = _console()
     if list_:
+        from rich import box
         from rich.table import Table
 
-        table = Table("experiment", "what it reproduces", title="icgd reproduce NAME")
+        table = Table("experiment", "what it reproduces", title="icgd reproduce NAME", box=box.SIMPLE_HEAD,
+                      pad_edge=False)
         for key, title in describe():
             table.add_row(key, title)
         return console.print(table)

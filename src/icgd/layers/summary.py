@@ -8,15 +8,14 @@ it as a rich table, and in a notebook or at the prompt its ``repr`` is the plain
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 COLUMNS = ("layers", "role", "kind", "heads/width", "D", "params")  # params: nonzero parameters
 _RIGHT = {"layers", "heads/width", "D", "params"}
 SHOW_ALL = 12  # tables of up to this many layers are never grouped
 
 
-@dataclass(frozen=True)
-class Repeat:
+class Repeat(NamedTuple):
     """Rows ``start … start + period − 1`` repeat ``count`` times in a row."""
 
     start: int
