@@ -71,3 +71,22 @@ def test_tutorial_runs_top_to_bottom_without_warnings(tmp_path):
     streams = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in streams if o.get("name") == "stderr" and "Warning" in o.get("text", "")]
     assert not [o for o in streams if o.get("output_type") == "error"]
+
+
+def test_the_two_estimators_share_parameter_names():
+    """InContextClassifier takes the arguments InContextRegressor users pass (random_state included); it draws
+    nothing at random, so random_state leaves its predictions unchanged, as documented."""
+    pytest.importorskip("sklearn")
+    import numpy as np
+    from sklearn.base import clone
+    from sklearn.datasets import load_breast_cancer
+
+    from icgd.sklearn import InContextClassifier, InContextRegressor
+
+    shared = set(InContextClassifier().get_params()) & set(InContextRegressor().get_params())
+    assert {"steps", "eta", "knots", "standardize", "batch_size", "device", "random_state"} <= shared
+    X, y = load_breast_cancer(return_X_y=True)
+    X, y = X[::6], y[::6]
+    a = InContextClassifier(steps=5, random_state=0).fit(X[:60], y[:60]).decision_function(X[60:])
+    b = clone(InContextClassifier(steps=5, random_state=np.random.RandomState(3))).fit(X[:60], y[:60])
+    assert b.random_state is not None and np.array_equal(a, b.decision_function(X[60:]))

@@ -36,6 +36,8 @@ def find_repeat(rows: list[dict]) -> Repeat | None:
     n, best = len(keys), None
     for start in range(n):
         for period in range(1, (n - start) // 2 + 1):
+            if keys[start] != keys[start + period]:  # cheap rejection before comparing whole blocks
+                continue
             block, count = keys[start:start + period], 1
             while keys[start + count * period:start + (count + 1) * period] == block:
                 count += 1

@@ -4,9 +4,10 @@ Measured, not modelled: for each preset, two short runs of the real training loo
 thread, float32, the preset's batch, model, evaluation set and baselines) at two step counts a < b; the CPU time
 (``time.process_time``) of the difference gives seconds per step, the rest is the fixed cost (building the task, the
 held-out prompts and the baselines). a, b = 1/4 and all of the steps (smoke), 20 and 60 (cpu), 2 and 5 (paper).
-Measured with torch 2.13 on one core of a shared 2-core x86-64 machine (Dec 2026); CPU time, so the load of the
-machine matters less than it would for wall time, but a different CPU, torch build or thread count changes the
-numbers. Periodic evaluation and checkpoints add a few per cent to a full run.
+Measured with torch 2.13 on one core of a shared 2-core x86-64 machine (Dec 2026) while other jobs kept its load
+average at 15–19: CPU time, so the load matters far less than for wall time, but contention for caches still makes
+these upper bounds for an idle machine; a different CPU, torch build or thread count changes them. Periodic
+evaluation and checkpoints add a few per cent to a full run.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ MEASURED: dict[str, tuple[float, float]] = {
     "garg-linear-smoke": (0.0134, 0.11),
     "garg-linear-cpu": (0.194, 5.7),
     "garg-linear-paper": (0.723, 61.0),
+    "wu-nn-relu-smoke": (0.0305, 0.17),
+    "wu-nn-relu-cpu": (0.330, 5.6),
+    "wu-nn-relu-paper": (3.16, 79.0),
+    "wu-nn-softmax-cpu": (0.412, 2.6),
 }
 
 
