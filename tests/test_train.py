@@ -50,7 +50,7 @@ def test_run_folder_contract(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert all({"step", "train_loss", "eval_loss", "baselines"} <= set(r) and "ols" in r["baselines"] for r in rows)
-    assert TrainConfig.load(tmp_path / "config.json") == _cfg(steps=4)
+    assert TrainConfig.load(tmp_path / "config.json") == _cfg(steps=4, extra=[f"out={tmp_path}"])  # the real folder
     assert load_checkpoint(tmp_path).step == 4
 
 

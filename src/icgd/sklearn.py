@@ -625,6 +625,9 @@ class InContextClassifier(ClassifierMixin, BaseEstimator):
         Queries per prompt; more queries are processed in chunks, with the same result.
     device : str, default="cpu"
         Torch device of the transformer (float64).
+    random_state : int, RandomState instance or None, default=None
+        Accepted, as in :class:`InContextRegressor`, so that both estimators take the same arguments; GD starts
+        from w = 0 and nothing is drawn at random, so it does not change the result.
 
     Attributes
     ----------
@@ -646,7 +649,9 @@ class InContextClassifier(ClassifierMixin, BaseEstimator):
     (2, 2)
     """
 
-    def __init__(self, steps=100, eta="auto", lam=0.0, knots=128, standardize=True, batch_size=256, device="cpu"):
+    def __init__(self, steps=100, eta="auto", lam=0.0, knots=128, standardize=True, batch_size=256, device="cpu",
+                 random_state=None):
+        self.random_state = random_state
         self.steps = steps
         self.eta = eta
         self.lam = lam

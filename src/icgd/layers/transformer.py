@@ -9,6 +9,7 @@ from torch import nn
 
 from icgd.errors import ShapeError
 from icgd.hooks import ActivationCache, HookedModel, HookPoint
+from icgd.layers.summary import LayerTable
 
 __all__ = ["ActivationCache", "HookPoint", "Transformer", "layer_info"]
 
@@ -57,9 +58,10 @@ class Transformer(HookedModel):
             self._scope = ""
         return h
 
-    def summary(self) -> list[dict]:
-        """One row per layer: kind, heads (or MLP width), token dim and nonzero parameter count."""
-        return [layer_info(i, layer, self.dim) for i, layer in enumerate(self.layers)]
+    def summary(self) -> LayerTable:
+        """One row per layer: kind, heads (or MLP width), token dim and nonzero parameter count; a list of dicts
+        that prints as a table (``print(model.summary())``, rich, or the prompt)."""
+        return LayerTable(layer_info(i, layer, self.dim) for i, layer in enumerate(self.layers))
 
 
 def layer_info(i: int, layer: nn.Module, dim: int | None) -> dict:

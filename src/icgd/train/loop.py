@@ -371,6 +371,9 @@ class Trainer:
         """Train up to `steps` (default cfg.steps) total steps; returns the metrics written in this call."""
         cfg = self.cfg
         total = steps or cfg.steps
+        self.start_step = self.step
+        if self.step >= total:  # a finished run (resumed without a larger `steps`): nothing to train or show
+            return []
         if self.baselines is None:
             self.baselines = baseline_losses(cfg, self.task, self.eval_batch)
         written: list[dict] = []
@@ -491,6 +494,7 @@ def train(cfg: TrainConfig, out: str | Path, *, steps: int | None = None, progre
     and train it. Everything that can fail on the config (device, memory estimate, task, model, held-out set,
     baselines) is done before the run folder is created or written; the folder is locked while the run trains."""
     out = Path(out)
+    cfg = TrainConfig.from_dict({**cfg.to_dict(), "out": str(out)})  # config.json records the real run folder
     _check_new_folder(cfg, out)
     _check_start(cfg, steps)
     rank, world = _distributed(cfg)
