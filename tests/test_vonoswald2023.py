@@ -9,7 +9,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from icgd.experiments.icl_common import sample
-from icgd.experiments.vonoswald2023 import _task
+from icgd.experiments.vonoswald2023 import Settings, _task
 
 
 @pytest.fixture
@@ -18,8 +18,8 @@ def smoke(smoke_run):
 
 
 def _val(record):
-    s = record["settings"]
-    p = sample(_task(s), s["eval_tasks"], s["n"], seed=record["meta"]["seed"], step=2)
+    s = Settings.from_dict(record["settings"])
+    p = sample(_task(s), s.eval_tasks, s.n, seed=record["meta"]["seed"], step=2)
     return s, p.X.numpy(), p.Y.numpy(), p.x_query.numpy(), p.y_query.numpy()
 
 
@@ -27,7 +27,7 @@ def test_gd_loss_and_eigenvalue_match_numpy(smoke):
     out, record = smoke
     one = record["metrics"]["one_layer"]
     s, X, Y, xq, yq = _val(record)
-    n = s["n"]
+    n = s.n
     # one GD step from W = 0 on L(W) = 1/(2n) Σ ‖W x_i − y_i‖²: ŷ = (η/n) Σ_i y_i x_iᵀ x_q
     pred = one["eta_gd"] / n * np.einsum("bno,bnd,bmd->bmo", Y, X, xq)
     assert one["loss_gd"] == pytest.approx(0.5 * np.mean(np.sum((pred - yq) ** 2, -1)), rel=1e-9)
@@ -43,9 +43,9 @@ def test_lsa_loss_matches_saved_weights(smoke):
     E = np.concatenate([X, Y], -1)  # context tokens (x_i, y_i)
     q = np.concatenate([xq, np.zeros_like(yq)], -1)  # query (x_q, 0)
     # e_q ← e_q + (1/n) P W_V Σ_i e_i e_iᵀ W_Kᵀ W_Q e_q ; prediction = −(y-slot of e_q)
-    M = np.swapaxes(E, 1, 2) @ E / s["n"]
+    M = np.swapaxes(E, 1, 2) @ E / s.n
     upd = np.einsum("ij,jk,bkl,ml,mn,bqn->bqi", w["P"], w["W_V"], M, w["W_K"], w["W_Q"], q, optimize=True)
-    pred = -(q + upd)[..., s["d"]:]
+    pred = -(q + upd)[..., s.d:]
     assert one["loss_lsa"] == pytest.approx(0.5 * np.mean(np.sum((pred - yq) ** 2, -1)), rel=1e-6)
     assert one["rel_gap"] == pytest.approx((one["loss_lsa"] - one["loss_gd"]) / one["loss_gd"], rel=1e-9)
     # the report shows the run's numbers
