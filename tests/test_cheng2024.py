@@ -138,3 +138,21 @@ def test_implementation_distance(one_thread):
     ratio = np.mean(np.linalg.norm(dZ.reshape(len(Z), -1), axis=1) / np.linalg.norm(Z.reshape(len(Z), -1), axis=1))
     assert out["x_update"][0] == pytest.approx(ratio, rel=1e-10)
     assert len(out["x_update"]) == L - 1 and out["distance"] == max(list(off) + out["x_update"])
+
+
+def test_no_paper_column_and_headline(smoke_run):
+    import json
+
+    from icgd.experiments.report import paper_values
+
+    out, record = smoke_run("cheng2024")
+    assert paper_values("cheng2024")[1] == {}  # no published number is stored, so none is compared
+    md = (out / "report.md").read_text()
+    assert "## The paper's numbers beside ours" not in md
+    m = record["metrics"]
+    head = m["headline"]
+    impl = m["implementation"]["data"]
+    assert head["impl_distance_trained_max"] == max(r["trained"]["distance"] for r in impl.values())
+    assert head["impl_distance_control_min"] == min(r["control"]["distance"] for r in impl.values())
+    assert head["cells"] == len(m["tables"]) * 3
+    assert json.loads(json.dumps(head)) == head

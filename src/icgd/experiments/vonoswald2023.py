@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from dataclasses import dataclass, fields
 
 import matplotlib.pyplot as plt
@@ -237,8 +238,10 @@ def _one_layer(ctx: RunContext, s: Settings, tune, val) -> tuple[dict, dict, dic
 
     def on_chunk_cos(trainer) -> None:
         on_chunk(trainer)
-        track.setdefault("model_cos", []).append(alignment_metrics(_frozen(trainer.module), gd, *small[:3])["model_cos"])
+        cos = alignment_metrics(_frozen(trainer.module), gd, *small[:3])["model_cos"]
+        track.setdefault("model_cos", []).append(cos)
 
+    cpu0 = time.process_time()
     run = train_run(ctx, "lsa-1", s.preset, _overrides(s, s.steps, s.batch, s.lr, 1, False),
                     chunks=s.chunks, on_chunk=on_chunk_cos)
     model = _frozen(run.model)
@@ -252,6 +255,7 @@ def _one_layer(ctx: RunContext, s: Settings, tune, val) -> tuple[dict, dict, dic
         **align, "eta_gd": float(gd.eta), "eta_lsa": float(cmp["eta"]), "beta": float(cmp["beta"]),
         "kq_distance": float(cmp["kq_distance"]), "pv_distance": float(cmp["pv_distance"]),
         "train_seconds": run.seconds, "seconds_per_step": run.seconds / s.steps,
+        "cpu_seconds_per_step": (time.process_time() - cpu0) / s.steps,
     }
     curve = {**run.curve(), "trainer_gd_loss": float(run.trainer.baselines["gd"]), "align": track}
     weights = {k: to_list(cmp[k], 5) for k in ("W_KQ", "W_PV", "W_KQ_constructed", "W_PV_constructed")}
@@ -267,13 +271,15 @@ def _deep(ctx: RunContext, s: Settings, spec: DeepSpec, tune, val, eta1: float) 
     gdpp = tied if spec.shared else fit_layerwise_gdpp(*_split(tune), tied, s.gdpp_fit_steps)
     track, on_chunk = _tracker({"gd": gdk, "gdpp": gdpp}, _head(val, s.track_tasks))
     name = f"lsa-{K}{'-recurrent' if spec.shared else ''}"
+    cpu0 = time.process_time()
     run = train_run(ctx, name, s.preset, _overrides(s, spec.steps, spec.batch, spec.lr, K, spec.shared, spec.warmup),
                     chunks=s.chunks, on_chunk=on_chunk)
     model = _frozen(run.model)
     Xv, Yv, qv, yv = _split(val)
     a_gd, a_pp = alignment_metrics(model, gdk, Xv, Yv, qv), alignment_metrics(model, gdpp, Xv, Yv, qv)
     out = {
-        "layers": K, "shared": spec.shared, "steps": spec.steps, "batch": spec.batch, "loss_lsa": _loss(model, Xv, Yv, qv, yv),
+        "layers": K, "shared": spec.shared, "steps": spec.steps, "batch": spec.batch,
+        "loss_lsa": _loss(model, Xv, Yv, qv, yv),
         "loss_gd": _loss(gdk, Xv, Yv, qv, yv), "loss_gdpp": _loss(gdpp, Xv, Yv, qv, yv),
         "loss_gdpp_tied": _loss(tied, Xv, Yv, qv, yv), "eta_gd": float(gdk.eta),
         "eta_gdpp": [float(v) for v in getattr(gdpp, "etas", [tied.eta] * K)],
@@ -282,6 +288,7 @@ def _deep(ctx: RunContext, s: Settings, spec: DeepSpec, tune, val, eta1: float) 
         "preds_diff_gd": a_gd["preds_diff"], "preds_diff_gdpp": a_pp["preds_diff"],
         "beats_gd": paired_gap(model, gdk, Xv, Yv, qv, yv), "track": track, "curve": run.curve(),
         "train_seconds": run.seconds, "seconds_per_step": run.seconds / spec.steps,
+        "cpu_seconds_per_step": (time.process_time() - cpu0) / spec.steps,
     }
     out["closer_to_gdpp"] = out["preds_diff_gdpp"] < out["preds_diff_gd"]
     out["steps_needed"] = None if out["closer_to_gdpp"] else steps_to_cross(track)

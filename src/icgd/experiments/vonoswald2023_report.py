@@ -60,20 +60,20 @@ def reduced_vs_paper(s, paper) -> str:
 
 
 def paper_scale_estimate(meta: dict, s, paper, m: dict) -> str:
-    """Estimated time of ``--scale paper`` from this run's measured per-step times."""
+    """Estimated time of ``--scale paper`` from this run's measured per-step CPU times."""
     one, deep = m["one_layer"], m["deep"]
-    per_layer = [r["seconds_per_step"] / r["layers"] * 2048 / r["batch"] for r in deep] \
-        or [one["seconds_per_step"] * 2048 / s.batch]
-    rate = float(np.mean(per_layer))  # CPU seconds per training step per layer at batch 2048 (these runs)
+    per_step = [r.get("cpu_seconds_per_step", r["seconds_per_step"]) / r["layers"] * 2048 / r["batch"]
+                for r in deep] or [one.get("cpu_seconds_per_step", one["seconds_per_step"]) * 2048 / s.batch]
+    rate = float(np.mean(per_step))  # CPU seconds per training step per layer at batch 2048
     steps = paper.steps + sum(d.steps for d in paper.deep)
     layer_steps = paper.steps + sum(d.steps * d.layers for d in paper.deep)
     cpu_h = layer_steps * rate / 3600
     lo, hi = (steps * ms / 1000 / 60 for ms in GPU_MS_PER_STEP)
-    return (f"**Paper scale, estimated.** Measured here: {rate * 1000:.0f} ms per training step per layer at batch "
-            f"2048 on {meta.get('threads', '?')} CPU thread(s) (mean over the deep runs; the machine was shared, so "
-            f"this is an upper bound). `--scale paper` trains {steps} steps ({layer_steps} layer-steps): ≈ "
-            f"{cpu_h:.1f} CPU-hours at that rate. On a GPU these models (11-dimensional tokens, 11 tokens, batch "
-            "2048) are far too small to fill the device, so a step costs about its kernel launches: assuming "
+    return (f"**Paper scale, estimated.** Measured here: {rate * 1000:.0f} ms of CPU time per training step per "
+            f"layer at batch 2048 on one thread (process time, mean over the deep runs, including the chunk-wise "
+            f"evaluations). `--scale paper` trains {steps} steps ({layer_steps} layer-steps): ≈ {cpu_h:.1f} "
+            "CPU-hours on one thread. On a GPU these models (11-dimensional tokens, 11 tokens, batch 2048) are far "
+            "too small to fill the device, so a step costs about its kernel launches: assuming "
             f"{GPU_MS_PER_STEP[0]:g}–{GPU_MS_PER_STEP[1]:g} ms per step (an assumption, not measured: no GPU was "
             f"available), ≈ {lo:.0f}–{hi:.0f} GPU-minutes plus evaluation.")
 
