@@ -85,8 +85,8 @@ class Settings:
 SCALES = {
     "smoke": Settings(ns=(6,), layers=2, steps=30, batch=200, lr=0.02, eval_prompts=600, tune_prompts=300,
                       eta_grid=10, impl_n=6, impl_steps=30),
-    "cpu": Settings(ns=(6, 14), layers=3, steps=800, batch=1000, lr=0.02, eval_prompts=10000, tune_prompts=3000,
-                    eta_grid=40, impl_n=14, impl_steps=1500),
+    "cpu": Settings(ns=(6, 14), layers=3, steps=600, batch=1000, lr=0.02, eval_prompts=10000, tune_prompts=3000,
+                    eta_grid=40, impl_n=14, impl_steps=1000),
     "paper": Settings(ns=(2, 4, 6, 8, 10, 12, 14), layers=3, steps=20000, batch=30000, lr=0.001,
                       eval_prompts=30000, tune_prompts=10000, eta_grid=60, impl_n=14, impl_steps=20000),
 }
