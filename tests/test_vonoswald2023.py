@@ -138,3 +138,18 @@ def test_provenance_kinds_and_paper_column(smoke):
     deep = record["metrics"]["deep"][-1]
     assert head["deepest_preds_diff_to_gdpp"] == deep["preds_diff_gdpp"]
     assert json.loads(json.dumps(head)) == head
+
+
+@pytest.mark.parametrize("override, message", [
+    (["steps=abc"], "'steps' must be a int"), (["deep=[{\"layers\": 2}]"], "missing settings"),
+    (["deep=[3]"], "each entry of 'deep'"), (["ood_alphas=1"], "must be a list"), (["lr=true"], "'lr' must be a float"),
+])
+def test_typed_settings_reject_bad_overrides(override, message):
+    from icgd.errors import ConfigError
+    from icgd.experiments.reproduce import settings_for
+    from icgd.experiments.vonoswald2023 import SCALES
+
+    for scale in ("smoke", "cpu", "paper"):  # the stored form round-trips to the typed settings
+        assert Settings.from_dict(settings_for("vonoswald2023", scale)) == SCALES[scale]
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_dict(settings_for("vonoswald2023", "smoke", override))

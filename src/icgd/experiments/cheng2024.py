@@ -26,7 +26,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -35,7 +35,7 @@ from torch import nn
 
 from icgd.constructions import functional_gd
 from icgd.errors import ConfigError
-from icgd.experiments.icl_common import sample, verdict
+from icgd.experiments.icl_common import sample, typed_settings, verdict
 from icgd.experiments.report import Report
 from icgd.experiments.reproduce import RunContext
 from icgd.learners import KernelRegression
@@ -75,11 +75,13 @@ class Settings:
 
     @classmethod
     def from_dict(cls, raw: dict) -> Settings:
-        names = {f.name for f in fields(cls)}
-        unknown = set(raw) - names
-        if unknown:
-            raise ConfigError(f"cheng2024: unknown settings {sorted(unknown)}; known: {', '.join(sorted(names))}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+        """From plain JSON values (``metrics.json``, ``--set``); a wrongly typed or unknown key is a ConfigError."""
+        s = cls(**typed_settings(cls, raw, SCALES["cpu"], "cheng2024"))
+        for name in (*s.kernels, *s.activations):
+            if name not in ACTIVATIONS or (name in s.kernels and name not in KINDS):
+                raise ConfigError(f"cheng2024: unknown kernel or activation {name!r}; data kernels: "
+                                  f"{', '.join(KINDS)}; activations: {', '.join(ACTIVATIONS)}")
+        return s
 
 
 SCALES = {

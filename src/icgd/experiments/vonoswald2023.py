@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -23,7 +23,7 @@ import torch
 from icgd.analysis import alignment_metrics, compare_lsa_weights
 from icgd.constructions import linear_gd, von_oswald_weights
 from icgd.errors import ConfigError
-from icgd.experiments.icl_common import half_mse, heatmap, rel_gap, sample, to_list, train_run, verdict
+from icgd.experiments.icl_common import half_mse, heatmap, rel_gap, sample, to_list, train_run, typed_settings, verdict
 from icgd.experiments import vonoswald2023_report as text
 from icgd.experiments.report import Report
 from icgd.experiments.reproduce import RunContext
@@ -68,13 +68,21 @@ class Settings:
 
     @classmethod
     def from_dict(cls, raw: dict) -> Settings:
-        names = {f.name for f in fields(cls)}
-        unknown = set(raw) - names
-        if unknown:
-            raise ConfigError(f"vonoswald2023: unknown settings {sorted(unknown)}; known: {', '.join(sorted(names))}")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
-        values["deep"] = tuple(DeepSpec(**spec) if isinstance(spec, dict) else spec for spec in values["deep"])
+        """From plain JSON values (``metrics.json``, ``--set``); a wrongly typed or unknown key is a ConfigError."""
+        values = typed_settings(cls, raw, SCALES["cpu"], "vonoswald2023")
+        ref = SCALES["cpu"].deep[0]
+        if "deep" in values:
+            values["deep"] = tuple(spec if isinstance(spec, DeepSpec) else
+                                   DeepSpec(**typed_settings(DeepSpec, _mapping(spec), ref, "vonoswald2023 deep"))
+                                   for spec in values["deep"])
         return cls(**values)
+
+
+def _mapping(spec) -> dict:
+    if not isinstance(spec, dict):
+        raise ConfigError(f"vonoswald2023: each entry of 'deep' must be an object like {{\"layers\": 2, "
+                          f"\"shared\": true, \"steps\": 1000, \"lr\": 0.005}}, got {spec!r}")
+    return spec
 
 
 SCALES = {
