@@ -14,6 +14,7 @@ redoes only the second half from a saved ``metrics.json``.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import math
@@ -73,7 +74,10 @@ def settings_for(name: str, scale: str, overrides: list[str] | None = None) -> d
     """The settings of `name` at `scale`, with ``key=value`` overrides (values parsed as JSON when they parse)."""
     if scale not in SCALES:
         raise ConfigError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
-    settings = dict(load_experiment(name).SCALES[scale])
+    raw = load_experiment(name).SCALES[scale]
+    if dataclasses.is_dataclass(raw):  # typed settings: stored and overridden as plain JSON values
+        raw = json.loads(json.dumps(dataclasses.asdict(raw)))
+    settings = dict(raw)
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep:

@@ -4,13 +4,17 @@ multi-layer LSA against multi-step GD and GD++, and out-of-distribution input sc
 
 Setup (the paper's, via the ``lsa-*`` training presets): tokens ``(x_i, y_i)``, query ``(x_q, 0)``, ``x ~ U(−½, ½)^d``
 (the official code's ``input_range = 1``, which its published losses match), ``W ~ N(0, I)``, noiseless,
-d = N = 10, loss ½‖ŷ − y‖² (the code's convention). The GD baselines are line-searched on separate tasks.
+d = N = 10, loss ½‖ŷ − y‖² (the code's convention). The GD baselines are line-searched on separate tasks; every
+number and curve of the report is scored on one set of held-out validation tasks (curves on its first
+``track_tasks``), except the out-of-distribution study, which draws its own tasks at each input scale α.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import time
+from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -18,7 +22,9 @@ import torch
 
 from icgd.analysis import alignment_metrics, compare_lsa_weights
 from icgd.constructions import linear_gd, von_oswald_weights
-from icgd.experiments.icl_common import half_mse, heatmap, rel_gap, sample, to_list, train_run, verdict
+from icgd.errors import ConfigError
+from icgd.experiments.icl_common import half_mse, heatmap, rel_gap, sample, to_list, train_run, typed_settings, verdict
+from icgd.experiments import vonoswald2023_report as text
 from icgd.experiments.report import Report
 from icgd.experiments.reproduce import RunContext
 from icgd.learners import GD, GDPlusPlus
@@ -26,33 +32,80 @@ from icgd.tasks import make_task
 
 TITLE = "von Oswald et al. 2023: linear self-attention learns in context by gradient descent"
 
-_COMMON = {"d": 10, "n": 10, "x_scale": 0.5}
+
+@dataclass(frozen=True)
+class DeepSpec:
+    """One multi-layer LSA: depth, recurrent (one layer applied `layers` times) or not, its training."""
+
+    layers: int
+    shared: bool
+    steps: int
+    lr: float
+    batch: int = 2048
+    warmup: int = 100
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One scale of the experiment (every field is reported; ``--set key=value`` overrides one)."""
+
+    preset: str  # training preset of the 1-layer run (task, tokens, optimiser)
+    steps: int  # 1-layer training
+    batch: int
+    lr: float
+    chunks: int  # alignment measured after each of this many equal pieces of a run
+    deep: tuple[DeepSpec, ...]
+    eval_tasks: int  # held-out validation tasks: every number and curve of the report
+    tune_tasks: int  # separate tasks for the GD / GD++ line searches
+    ood_alphas: tuple[float, ...]
+    ood_tasks: int
+    trainer_eval: int  # the trainer's own held-out prompts (its logged curve)
+    track_tasks: int = 2000  # the first this-many validation tasks score the chunk-wise curves
+    gdpp_fit_steps: int = 300  # Adam steps fitting per-layer GD++ (η_l, γ_l) of non-recurrent models
+    d: int = 10
+    n: int = 10
+    x_scale: float = 0.5
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> Settings:
+        """From plain JSON values (``metrics.json``, ``--set``); a wrongly typed or unknown key is a ConfigError."""
+        values = typed_settings(cls, raw, SCALES["cpu"], "vonoswald2023")
+        ref = SCALES["cpu"].deep[0]
+        if "deep" in values:
+            values["deep"] = tuple(spec if isinstance(spec, DeepSpec) else
+                                   DeepSpec(**typed_settings(DeepSpec, _mapping(spec), ref, "vonoswald2023 deep"))
+                                   for spec in values["deep"])
+        return cls(**values)
+
+
+def _mapping(spec) -> dict:
+    if not isinstance(spec, dict):
+        raise ConfigError(f"vonoswald2023: each entry of 'deep' must be an object like {{\"layers\": 2, "
+                          f"\"shared\": true, \"steps\": 1000, \"lr\": 0.005}}, got {spec!r}")
+    return spec
+
+
 SCALES = {
-    "smoke": {**_COMMON, "preset": "lsa-smoke", "steps": 150, "batch": 512, "lr": 1e-2, "chunks": 3,
-              "deep": [{"layers": 2, "shared": True}], "deep_steps": 60, "deep_batch": 256, "deep_lr": 1e-2,
-              "eval_tasks": 2000, "tune_tasks": 1000, "ood_alphas": [0.5, 1.0, 1.5, 2.0], "ood_tasks": 500,
-              "trainer_eval": 1000},
-    "cpu": {**_COMMON, "preset": "lsa-cpu", "steps": 4000, "batch": 2048, "lr": 1e-3, "chunks": 10,
-            "deep": [{"layers": 2, "shared": True}, {"layers": 3, "shared": False}], "deep_steps": 3000,
-            "deep_batch": 1024, "deep_lr": 2e-3, "eval_tasks": 10000, "tune_tasks": 4000,
-            "ood_alphas": [0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0], "ood_tasks": 4000,
-            "trainer_eval": 4096},
-    "paper": {**_COMMON, "preset": "lsa-cpu", "steps": 5000, "batch": 2048, "lr": 1e-3, "chunks": 20,
-              "deep": [{"layers": 2, "shared": True}, {"layers": 5, "shared": False}], "deep_steps": 50000,
-              "deep_batch": 2048, "deep_lr": 5e-4, "eval_tasks": 10000, "tune_tasks": 10000,
-              "ood_alphas": [round(0.5 + 0.1 * i, 2) for i in range(16)], "ood_tasks": 10000,
-              "trainer_eval": 10000},
+    "smoke": Settings(preset="lsa-smoke", steps=150, batch=512, lr=1e-2, chunks=3,
+                      deep=(DeepSpec(2, True, steps=60, lr=1e-2, batch=256, warmup=10),), eval_tasks=2000,
+                      tune_tasks=1000, ood_alphas=(0.5, 1.0, 1.5, 2.0), ood_tasks=500, trainer_eval=1000,
+                      track_tasks=1000, gdpp_fit_steps=20),
+    "cpu": Settings(preset="lsa-cpu", steps=2000, batch=2048, lr=1e-3, chunks=10,
+                    deep=(DeepSpec(2, True, steps=1500, lr=5e-3), DeepSpec(3, False, steps=3000, lr=5e-3)),
+                    eval_tasks=10000, tune_tasks=4000, ood_alphas=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0),
+                    ood_tasks=4000, trainer_eval=4096),
+    "paper": Settings(preset="lsa-cpu", steps=5000, batch=2048, lr=1e-3, chunks=20,
+                      deep=(DeepSpec(2, True, steps=5000, lr=1e-3, warmup=0),
+                            DeepSpec(5, False, steps=50000, lr=5e-4, warmup=0)),
+                      eval_tasks=10000, tune_tasks=10000, ood_alphas=tuple(round(0.5 + 0.1 * i, 2) for i in range(16)),
+                      ood_tasks=10000, trainer_eval=10000, track_tasks=10000, gdpp_fit_steps=3000),
 }
-
-# targets at cpu scale (the issue): 1-layer LSA loss within 3 % of GD, model cos ≥ 0.99
-LOSS_TOL, COS_MIN = 0.03, 0.99
-
 
 # ------------------------------------------------------------------------------------------------- computation
 
 
-def _task(s: dict, alpha: float = 1.0):
-    return make_task("linear", d=s["d"], x_dist="uniform", x_scale=s["x_scale"] * alpha)
+def _task(s: Settings, alpha: float = 1.0):
+    return make_task("linear", d=s.d, x_dist="uniform", x_scale=s.x_scale * alpha)
 
 
 def _split(p):
@@ -60,15 +113,54 @@ def _split(p):
     return p.X, p.Y, p.x_query, p.y_query
 
 
+def _head(p, k: int):
+    """The first k tasks of a prompt sample as (X, Y, x_query, y_query)."""
+    return p.X[:k], p.Y[:k], p.x_query[:k], p.y_query[:k]
+
+
 def _frozen(model: torch.nn.Module) -> torch.nn.Module:
     """A float64 copy of a trained model for evaluation (training goes on with the original)."""
     return copy.deepcopy(model).double().eval()
 
 
-def _loss(predictor, X, Y, xq, yq) -> float:
+def _predict(predictor, X, Y, xq) -> torch.Tensor:
     with torch.no_grad():
-        predict = getattr(predictor, "predict", predictor)
-        return half_mse(predict(X, Y, xq), yq)
+        return getattr(predictor, "predict", predictor)(X, Y, xq)
+
+
+def _loss(predictor, X, Y, xq, yq) -> float:
+    return half_mse(_predict(predictor, X, Y, xq), yq)
+
+
+def _task_losses(predictor, X, Y, xq, yq) -> torch.Tensor:
+    return 0.5 * ((_predict(predictor, X, Y, xq) - yq) ** 2).sum(-1).mean(-1)
+
+
+def paired_gap(a, b, X, Y, xq, yq) -> dict[str, float]:
+    """``loss(a) − loss(b)`` on the same tasks with the standard error of the per-task differences."""
+    diff = _task_losses(a, X, Y, xq, yq) - _task_losses(b, X, Y, xq, yq)
+    return {"mean": float(diff.mean()), "se": float(diff.std() / math.sqrt(len(diff)))}
+
+
+class LayerwiseGDPP:
+    """GD++ with its own (η_t, γ_t) at every step (the paper's GD++ for non-recurrent models), the recursion of
+    :class:`icgd.learners.GDPlusPlus` (icgd's normalised γ): ``W ← W + (η_t/n) AᵀA (b − S W)``,
+    ``A ← (I − (γ_t/n) A S Aᵀ) A``, prediction ``x_qᵀ W``. Differentiable in η, γ and the query."""
+
+    def __init__(self, etas, gammas):
+        self.etas = torch.as_tensor(etas, dtype=torch.float64)
+        self.gammas = torch.as_tensor(gammas, dtype=torch.float64)
+
+    def predict(self, X, Y, xq) -> torch.Tensor:
+        S, b = X.mT @ X, X.mT @ Y
+        n = X.shape[1]
+        eye = torch.eye(S.shape[-1], dtype=S.dtype)
+        A, W = eye.expand_as(S), torch.zeros_like(b)
+        for eta, gamma in zip(self.etas.to(S.dtype), self.gammas.to(S.dtype)):
+            At = A.mT
+            W = W + (eta / n) * (At @ A @ (b - S @ W))
+            A = (eye - (gamma / n) * (A @ S @ At)) @ A
+        return xq @ W
 
 
 def gdpp_losses(X, Y, xq, yq, etas: torch.Tensor, gamma: float, steps: int) -> torch.Tensor:
@@ -108,85 +200,141 @@ def tune_gd_plus_plus(X, Y, xq, yq, steps: int, eta_ref: float) -> GDPlusPlus:
     return GDPlusPlus(eta, gamma, steps)
 
 
-def _overrides(s: dict, steps: int, batch: int, lr: float, layers: int, shared: bool) -> dict:
+def fit_layerwise_gdpp(X, Y, xq, yq, tied: GDPlusPlus, steps: int) -> LayerwiseGDPP:
+    """Per-step (η_t, γ_t) fitted by full-batch Adam on the given tasks from the tied grid optimum (as the paper fits
+    GD++ for non-recurrent models: Adam on the step sizes)."""
+    K = tied.steps
+    log_eta = torch.full((K,), math.log(tied.eta), dtype=torch.float64, requires_grad=True)
+    gamma = torch.full((K,), float(tied.gamma), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([log_eta, gamma], lr=0.01)
+    for _ in range(steps):
+        loss = 0.5 * ((LayerwiseGDPP(log_eta.exp(), gamma).predict(X, Y, xq) - yq) ** 2).sum(-1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return LayerwiseGDPP(log_eta.detach().exp(), gamma.detach())
+
+
+def _overrides(s: Settings, steps: int, batch: int, lr: float, layers: int, shared: bool, warmup: int = 0) -> dict:
     """Training-config overrides of the ``lsa-*`` preset (which fixes the task, tokens, optimiser and schedule)."""
-    return {"steps": steps, "batch_size": batch, "lr": lr, "d_in": s["d"], "n_points": s["n"], "n_layer": layers,
-            "shared": shared, "eval_prompts": s["trainer_eval"], "log_every": max(10, steps // 25),
+    return {"steps": steps, "batch_size": batch, "lr": lr, "warmup": warmup, "d_in": s.d, "n_points": s.n,
+            "n_layer": layers, "shared": shared, "eval_prompts": s.trainer_eval, "log_every": max(10, steps // 25),
             "save_every": steps, "baselines": ["gd"]}
 
 
-def _align(model, learner, X, Y, xq) -> dict[str, float]:
-    return alignment_metrics(model, learner, X, Y, xq)
+def _tracker(refs: dict, tasks) -> tuple[dict, callable]:
+    """A chunk callback recording the model's loss and its preds diff to each reference on `tasks`."""
+    X, Y, xq, yq = tasks
+    preds = {k: _predict(r, X, Y, xq) for k, r in refs.items()}
+    track: dict = {"step": [], "loss": [], **{f"preds_diff_{k}": [] for k in refs}}
+
+    def on_chunk(trainer) -> None:
+        pred = _predict(_frozen(trainer.module), X, Y, xq)
+        track["step"].append(int(trainer.step))
+        track["loss"].append(half_mse(pred, yq))
+        for k, p in preds.items():
+            track[f"preds_diff_{k}"].append(float((pred - p).norm(dim=-1).mean()))
+    return track, on_chunk
 
 
-def _one_layer(ctx: RunContext, s: dict, tune, val) -> tuple[dict, dict, dict, GD, torch.nn.Module]:
+def _one_layer(ctx: RunContext, s: Settings, tune, val) -> tuple[dict, dict, dict, GD, torch.nn.Module]:
     """Train the 1-layer LSA (alignment measured after every chunk) and compare it with one tuned GD step."""
     gd = GD.tune(*_split(tune), steps=1)
     Xv, Yv, qv, yv = _split(val)
-    track = {"step": [], "loss": [], "model_cos": [], "preds_diff": []}
-    small = slice(0, min(2000, Xv.shape[0]))
+    small = _head(val, s.track_tasks)
+    track, on_chunk = _tracker({"gd": gd}, small)
 
-    def on_chunk(trainer) -> None:
-        m = _frozen(trainer.module)
-        a = _align(m, gd, Xv[small], Yv[small], qv[small])
-        track["step"].append(int(trainer.step))
-        track["loss"].append(_loss(m, Xv[small], Yv[small], qv[small], yv[small]))
-        track["model_cos"].append(a["model_cos"])
-        track["preds_diff"].append(a["preds_diff"])
+    def on_chunk_cos(trainer) -> None:
+        on_chunk(trainer)
+        cos = alignment_metrics(_frozen(trainer.module), gd, *small[:3])["model_cos"]
+        track.setdefault("model_cos", []).append(cos)
 
-    run = train_run(ctx, "lsa-1", s["preset"], _overrides(s, s["steps"], s["batch"], s["lr"], 1, False),
-                    chunks=s["chunks"], on_chunk=on_chunk)
+    cpu0 = time.process_time()
+    run = train_run(ctx, "lsa-1", s.preset, _overrides(s, s.steps, s.batch, s.lr, 1, False),
+                    chunks=s.chunks, on_chunk=on_chunk_cos)
     model = _frozen(run.model)
-    align = _align(model, gd, Xv, Yv, qv)
-    cmp = compare_lsa_weights(model.weights(0), von_oswald_weights(s["d"], eta=gd.eta), d_x=s["d"])
+    align = alignment_metrics(model, gd, Xv, Yv, qv)
+    cmp = compare_lsa_weights(model.weights(0), von_oswald_weights(s.d, eta=gd.eta), d_x=s.d)
     loss_lsa, loss_gd = _loss(model, Xv, Yv, qv, yv), _loss(gd, Xv, Yv, qv, yv)
-    construction = linear_gd(s["d"], eta=gd.eta, steps=1)
     one = {
         "loss_lsa": loss_lsa, "loss_gd": loss_gd, "rel_gap": rel_gap(loss_lsa, loss_gd),
-        "loss_construction": half_mse(construction.predict(Xv, Yv, qv), yv),
-        "loss_zero": half_mse(torch.zeros_like(yv), yv),
+        "loss_construction": _loss(linear_gd(s.d, eta=gd.eta, steps=1), Xv, Yv, qv, yv),
+        "loss_zero": half_mse(torch.zeros_like(yv), yv), "gd_loss_track_tasks": _loss(gd, *small),
         **align, "eta_gd": float(gd.eta), "eta_lsa": float(cmp["eta"]), "beta": float(cmp["beta"]),
         "kq_distance": float(cmp["kq_distance"]), "pv_distance": float(cmp["pv_distance"]),
-        "train_seconds": run.seconds,
+        "train_seconds": run.seconds, "seconds_per_step": run.seconds / s.steps,
+        "cpu_seconds_per_step": (time.process_time() - cpu0) / s.steps,
     }
-    curve = {**run.curve(), "gd_loss": float(run.trainer.baselines["gd"]), "align": track}
+    curve = {**run.curve(), "trainer_gd_loss": float(run.trainer.baselines["gd"]), "align": track}
     weights = {k: to_list(cmp[k], 5) for k in ("W_KQ", "W_PV", "W_KQ_constructed", "W_PV_constructed")}
     return one, curve, weights, gd, model
 
 
-def _deep(ctx: RunContext, s: dict, spec: dict, tune, val, eta1: float) -> tuple[dict, torch.nn.Module, list]:
-    """A K-layer LSA (recurrent or not) against K tuned GD steps and K tuned GD++ steps."""
-    K, shared = int(spec["layers"]), bool(spec["shared"])
-    name = f"lsa-{K}{'-recurrent' if shared else ''}"
-    run = train_run(ctx, name, s["preset"], _overrides(s, s["deep_steps"], s["deep_batch"], s["deep_lr"], K, shared))
-    model = _frozen(run.model)
+def _deep(ctx: RunContext, s: Settings, spec: DeepSpec, tune, val, eta1: float) -> tuple[dict, torch.nn.Module, list]:
+    """A K-layer LSA (recurrent or not) against K tuned GD steps and K GD++ steps (tied η, γ for a recurrent model,
+    per-layer for a non-recurrent one, as the paper compares them)."""
+    K = spec.layers
     gdk = GD.tune(*_split(tune), steps=K)
-    gdpp = tune_gd_plus_plus(*_split(tune), steps=K, eta_ref=eta1)
+    tied = tune_gd_plus_plus(*_split(tune), steps=K, eta_ref=eta1)
+    gdpp = tied if spec.shared else fit_layerwise_gdpp(*_split(tune), tied, s.gdpp_fit_steps)
+    track, on_chunk = _tracker({"gd": gdk, "gdpp": gdpp}, _head(val, s.track_tasks))
+    name = f"lsa-{K}{'-recurrent' if spec.shared else ''}"
+    cpu0 = time.process_time()
+    run = train_run(ctx, name, s.preset, _overrides(s, spec.steps, spec.batch, spec.lr, K, spec.shared, spec.warmup),
+                    chunks=s.chunks, on_chunk=on_chunk)
+    model = _frozen(run.model)
     Xv, Yv, qv, yv = _split(val)
-    a_gd, a_pp = _align(model, gdk, Xv, Yv, qv), _align(model, gdpp, Xv, Yv, qv)
+    a_gd, a_pp = alignment_metrics(model, gdk, Xv, Yv, qv), alignment_metrics(model, gdpp, Xv, Yv, qv)
     out = {
-        "layers": K, "shared": shared, "loss_lsa": _loss(model, Xv, Yv, qv, yv), "loss_gd": _loss(gdk, Xv, Yv, qv, yv),
-        "loss_gdpp": _loss(gdpp, Xv, Yv, qv, yv), "eta_gd": float(gdk.eta), "eta_gdpp": float(gdpp.eta),
-        "gamma_gdpp": float(gdpp.gamma), "model_cos_gd": a_gd["model_cos"], "model_cos_gdpp": a_pp["model_cos"],
+        "layers": K, "shared": spec.shared, "steps": spec.steps, "batch": spec.batch,
+        "loss_lsa": _loss(model, Xv, Yv, qv, yv),
+        "loss_gd": _loss(gdk, Xv, Yv, qv, yv), "loss_gdpp": _loss(gdpp, Xv, Yv, qv, yv),
+        "loss_gdpp_tied": _loss(tied, Xv, Yv, qv, yv), "eta_gd": float(gdk.eta),
+        "eta_gdpp": [float(v) for v in getattr(gdpp, "etas", [tied.eta] * K)],
+        "gamma_gdpp": [float(v) for v in getattr(gdpp, "gammas", [tied.gamma] * K)],
+        "model_cos_gd": a_gd["model_cos"], "model_cos_gdpp": a_pp["model_cos"],
         "preds_diff_gd": a_gd["preds_diff"], "preds_diff_gdpp": a_pp["preds_diff"],
-        "curve": run.curve(), "train_seconds": run.seconds,
+        "beats_gd": paired_gap(model, gdk, Xv, Yv, qv, yv), "track": track, "curve": run.curve(),
+        "train_seconds": run.seconds, "seconds_per_step": run.seconds / spec.steps,
+        "cpu_seconds_per_step": (time.process_time() - cpu0) / spec.steps,
     }
-    if shared:  # the γ of the trained recurrent layer: x-block of β·P W_V is −γ (icgd's normalised γ)
-        cmp = compare_lsa_weights(model.weights(0), von_oswald_weights(s["d"], eta=gdpp.eta, gamma=1.0),
-                                  d_x=s["d"])
-        d = s["d"]
-        out["gamma_lsa"] = -float(torch.diagonal(cmp["W_PV"][:d, :d]).mean())
+    out["closer_to_gdpp"] = out["preds_diff_gdpp"] < out["preds_diff_gd"]
+    out["steps_needed"] = None if out["closer_to_gdpp"] else steps_to_cross(track)
+    if spec.shared:  # the γ of the trained recurrent layer: x-block of β·P W_V is −γ (icgd's normalised γ)
+        cmp = compare_lsa_weights(model.weights(0), von_oswald_weights(s.d, eta=tied.eta, gamma=1.0), d_x=s.d)
+        out["gamma_lsa"] = -float(torch.diagonal(cmp["W_PV"][:s.d, :s.d]).mean())
         out["eta_lsa"] = float(cmp["eta"])
     return out, model, [gdk, gdpp]
 
 
-def _ood(s: dict, models: dict, seed: int) -> dict:
-    """½-MSE of every model at inputs scaled by α (x ~ U(−α/2, α/2)); the GD step sizes stay those tuned at α = 1."""
-    out: dict = {"alpha": [float(a) for a in s["ood_alphas"]], **{k: [] for k in models}}
-    for i, alpha in enumerate(s["ood_alphas"]):
-        p = sample(_task(s, alpha), s["ood_tasks"], s["n"], seed=seed, step=100 + i)
+def steps_to_cross(track: dict) -> dict | None:
+    """When would the model's preds diff to GD++ fall below its preds diff to GD? A straight line in log(step)
+    fitted by least squares to the gap ``preds_diff_gdpp − preds_diff_gd`` over the last half of the chunk-wise
+    curve, solved for gap = 0. None when the gap is not shrinking (no crossing can be predicted)."""
+    steps = np.asarray(track["step"], dtype=float)
+    gap = np.asarray(track["preds_diff_gdpp"]) - np.asarray(track["preds_diff_gd"])
+    half = slice(len(steps) // 2, None)
+    if len(steps[half]) < 3:
+        return None
+    slope, icpt = np.polyfit(np.log(steps[half]), gap[half], 1)
+    if slope >= 0:
+        return {"steps": None, "slope": float(slope), "points": int(len(steps[half]))}
+    return {"steps": float(math.exp(-icpt / slope)), "slope": float(slope), "points": int(len(steps[half]))}
+
+
+def _ood(s: Settings, models: dict, seed: int) -> dict:
+    """½-MSE of every model at inputs scaled by α (x ~ U(−α/2, α/2)), on tasks drawn per α (not the validation
+    tasks); the GD step sizes stay those tuned at α = 1. ``gaps``: paired loss gaps (with standard errors) of each
+    deep LSA against its GD."""
+    out: dict = {"alpha": [float(a) for a in s.ood_alphas], **{k: [] for k in models}, "gaps": {}}
+    pairs = [(k, k.replace("LSA", "GD").split(" rec")[0] + " steps") for k in models
+             if k.startswith("LSA") and "1 layer" not in k]
+    for i, alpha in enumerate(s.ood_alphas):
+        p = _split(sample(_task(s, alpha), s.ood_tasks, s.n, seed=seed, step=100 + i))
         for k, predictor in models.items():
-            out[k].append(_loss(predictor, *_split(p)))
+            out[k].append(_loss(predictor, *p))
+        for lsa, gd in pairs:
+            out["gaps"].setdefault(lsa, []).append(paired_gap(models[lsa], models[gd], *p))
     return out
 
 
@@ -196,16 +344,16 @@ def max_eig_xxt(X: torch.Tensor) -> float:
 
 
 def run(ctx: RunContext) -> dict:
-    s = ctx.settings
+    s = Settings.from_dict(ctx.settings)
     task = _task(s)
-    tune = sample(task, s["tune_tasks"], s["n"], seed=ctx.seed, step=1)
-    val = sample(task, s["eval_tasks"], s["n"], seed=ctx.seed, step=2)
+    tune = sample(task, s.tune_tasks, s.n, seed=ctx.seed, step=1)
+    val = sample(task, s.eval_tasks, s.n, seed=ctx.seed, step=2)
     ctx.log("vonoswald2023: 1-layer LSA vs one GD step")
     one, curve, weights, gd, lsa1 = _one_layer(ctx, s, tune, val)
     one["max_eig_xxt"] = max_eig_xxt(val.X)
     deep, ood_models = [], {"LSA 1 layer": lsa1, "GD 1 step": gd}
-    for spec in s["deep"]:
-        ctx.log(f"vonoswald2023: {spec['layers']}-layer LSA vs GD and GD++")
+    for spec in s.deep:
+        ctx.log(f"vonoswald2023: {spec.layers}-layer LSA vs GD and GD++")
         row, model, (gdk, gdpp) = _deep(ctx, s, spec, tune, val, gd.eta)
         deep.append(row)
         tag = f"{row['layers']}{' rec.' if row['shared'] else ''}"
@@ -213,176 +361,44 @@ def run(ctx: RunContext) -> dict:
                            f"GD++ {row['layers']} steps": gdpp})
     ctx.log("vonoswald2023: out-of-distribution input scales")
     ood = _ood(s, ood_models, ctx.seed)
-    return {"one_layer": one, "curve": curve, "weights": weights, "deep": deep, "ood": ood}
+    metrics = {"one_layer": one, "curve": curve, "weights": weights, "deep": deep, "ood": ood}
+    metrics["headline"] = headline(metrics)
+    return metrics
+
+
+def headline(m: dict) -> dict:
+    """The numbers the README's verdict table quotes."""
+    one = m["one_layer"]
+    out = {"lsa1_loss": one["loss_lsa"], "gd1_loss": one["loss_gd"], "lsa1_model_cos": one["model_cos"]}
+    for r in m["deep"]:
+        tag = f"lsa{r['layers']}{'_recurrent' if r['shared'] else ''}"
+        out[f"{tag}_loss"] = r["loss_lsa"]
+        out[f"{tag}_preds_diff_to_gdpp"] = r["preds_diff_gdpp"]
+        out[f"{tag}_preds_diff_to_gd"] = r["preds_diff_gd"]
+        out[f"{tag}_closer_to_gdpp"] = r["closer_to_gdpp"]
+        gaps = m["ood"]["gaps"].get(_ood_key(r), [])
+        if 1.0 in m["ood"]["alpha"] and gaps:
+            out[f"{tag}_minus_gd_loss_ood_alpha1"] = gaps[m["ood"]["alpha"].index(1.0)]["mean"]
+    if m["deep"]:
+        deepest = max(m["deep"], key=lambda r: r["layers"])
+        out["deepest_layers"] = deepest["layers"]
+        out["deepest_preds_diff_to_gdpp"] = deepest["preds_diff_gdpp"]
+        out["deepest_preds_diff_to_gd"] = deepest["preds_diff_gd"]
+    return out
+
+
+def _ood_key(r: dict) -> str:
+    return f"LSA {r['layers']}{' rec.' if r['shared'] else ''}"
 
 
 # ------------------------------------------------------------------------------------------------- report
 
 
-def _fig_curves(report: Report) -> None:
-    m = report.metrics
-    c, a = m["curve"], m["curve"]["align"]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    axes[0].plot(c["step"], c["eval_loss"], color="C3", label="trained LSA (1 layer)")
-    axes[0].axhline(c["gd_loss"], color="0.3", ls="--", label="1 step of GD (line-searched)")
-    axes[0].set(xlabel="training step", ylabel="held-out ½-MSE", yscale="log", title="loss")
-    axes[0].legend(fontsize=8)
-    axes[1].plot(a["step"], a["model_cos"], "o-", color="C0")
-    axes[1].axhline(1.0, color="0.6", lw=0.8)
-    axes[1].set(xlabel="training step", ylabel="model cos (LSA vs GD)", title="model cos")
-    axes[2].plot(a["step"], a["preds_diff"], "o-", color="C2")
-    axes[2].set(xlabel="training step", ylabel="preds diff (LSA vs GD)", yscale="log", title="preds diff")
-    report.figure(fig, "one_layer_training", "1-layer LSA during training: held-out loss against one line-searched "
-                  "GD step, and the alignment metrics (model cos, preds diff) on held-out tasks.")
-
-
-def _fig_weights(report: Report) -> None:
-    w = report.metrics["weights"]
-    fig, axes = plt.subplots(2, 2, figsize=(8.5, 7.5))
-    for row, key, label in ((0, "W_KQ", r"$W_K^\top W_Q$ / β"), (1, "W_PV", r"β · $P W_V$")):
-        v = max(float(np.abs(np.asarray(w[key])).max()), float(np.abs(np.asarray(w[key + "_constructed"])).max()))
-        heatmap(axes[row, 0], w[key], f"trained LSA: {label}", v)
-        heatmap(axes[row, 1], w[key + "_constructed"], f"construction (Prop. 1): {label}", v)
-    report.figure(fig, "weights", "Weights of the trained 1-layer LSA (left) beside the GD construction with the "
-                  "line-searched η (right), both rescaled by β = mean diagonal of the x-block of W_KQ (the layer "
-                  "is invariant under W_KQ/β, β·W_PV). Tokens are (x₁…x_d, y).")
-
-
-def _fig_deep(report: Report) -> None:
-    deep = report.metrics["deep"]
-    if not deep:
-        return
-    fig, axes = plt.subplots(1, len(deep), figsize=(5.2 * len(deep), 3.6), squeeze=False)
-    for ax, row in zip(axes[0], deep):
-        c = row["curve"]
-        ax.plot(c["step"], c["eval_loss"], color="C3", label="trained LSA")
-        ax.axhline(row["loss_gd"], color="0.3", ls="--", label=f"GD, {row['layers']} steps")
-        ax.axhline(row["loss_gdpp"], color="C1", ls=":", label=f"GD++, {row['layers']} steps")
-        kind = "recurrent" if row["shared"] else "non-recurrent"
-        ax.set(xlabel="training step", ylabel="held-out ½-MSE", yscale="log",
-               title=f"{row['layers']}-layer LSA ({kind})")
-        ax.legend(fontsize=8)
-    report.figure(fig, "multi_layer", "Multi-layer LSA during training against as many line-searched GD steps and "
-                  "GD++ steps (η, γ tied over steps, grid-searched). Baselines are on the validation tasks, the LSA "
-                  "curve on the trainer's held-out tasks (same distribution).")
-
-
-def _fig_ood(report: Report) -> None:
-    o = report.metrics["ood"]
-    fig, ax = plt.subplots(figsize=(6.2, 4))
-    for i, (k, v) in enumerate((k, v) for k, v in o.items() if k != "alpha"):
-        style = "-" if k.startswith("LSA") else "--"
-        ax.plot(o["alpha"], v, style, marker="o", ms=3, color=f"C{i}", label=k)
-    ax.axvline(1.0, color="0.7", lw=0.8)
-    ax.set(xlabel="input scale α (x ~ U(−α/2, α/2)); training at α = 1", ylabel="½-MSE", yscale="log",
-           title="out-of-distribution inputs")
-    ax.legend(fontsize=7)
-    report.figure(fig, "ood_scaling", "Loss when the inputs are scaled by α at test time. GD keeps the step sizes "
-                  "line-searched at α = 1, as the trained models keep their weights.")
-
-
-def _ood_gap(o: dict, a: str, b: str) -> float:
-    return max(abs(rel_gap(x, y)) for x, y in zip(o[a], o[b]))
-
-
 def render(report: Report) -> None:
-    m, s = report.metrics, report.settings
-    one, deep, ood = m["one_layer"], m["deep"], m["ood"]
-    report.text(
-        "**What was run.** A 1-layer linear self-attention model (one head, the paper's tokens and read-out) trained "
-        f"on fresh linear-regression tasks (d = {s['d']}, N = {s['n']} context points, x ~ U(−½, ½), "
-        f"W ~ N(0, I), noiseless) for {s['steps']} steps of batch {s['batch']}; then "
-        + ", ".join(f"a {r['layers']}-layer {'recurrent' if r['shared'] else 'non-recurrent'} LSA" for r in deep)
-        + f" ({s['deep_steps']} steps of batch {s['deep_batch']}). Baselines are line-searched on "
-        f"{s['tune_tasks']} separate tasks and everything is scored on {s['eval_tasks']} held-out tasks with the "
-        "paper's code's loss ½‖ŷ − y‖²."
-    )
-    if report.meta.get("scale") != "paper":
-        report.text(
-            "**Reduced vs the paper** (to fit a 2-core CPU): the deep models train for "
-            f"{s['deep_steps']} steps with batch {s['deep_batch']} (paper: 5000 recurrent / 50 000 non-recurrent "
-            "steps, batch 2048), the non-recurrent model has 3 layers (paper: 5), GD++ uses one (η, γ) for all "
-            f"steps (paper: per layer for non-recurrent models), the 1-layer run has {s['steps']} steps (paper 5000),"
-            f" and the OOD curves use {s['ood_tasks']} tasks per point. d and N are the paper's."
-        )
-    ok_loss, ok_cos = abs(one["rel_gap"]) <= LOSS_TOL, one["model_cos"] >= COS_MIN
-    report.claim(
-        "A trained 1-layer LSA matches one step of GD (cpu target: loss within 3 % of GD, model cos ≥ 0.99)",
-        verdict([ok_loss, ok_cos]),
-        f"loss {one['loss_lsa']:.4f} vs GD {one['loss_gd']:.4f} ({100 * one['rel_gap']:+.2f} %, "
-        f"{'within' if ok_loss else 'outside'} 3 %); model cos {one['model_cos']:.4f} "
-        f"({'≥' if ok_cos else '<'} 0.99); preds diff {one['preds_diff']:.4f}.")
-    ok_kq, ok_pv = one["kq_distance"] <= 0.1, one["pv_distance"] <= 0.1
-    ok_eta = abs(rel_gap(one["eta_lsa"], one["eta_gd"])) <= 0.1
-    report.claim(
-        "The trained weights are the GD construction (Prop. 1) up to the scale invariance",
-        verdict([ok_kq, ok_pv, ok_eta]),
-        f"relative distance after rescaling: W_KQ {one['kq_distance']:.3f}, W_PV {one['pv_distance']:.3f} "
-        f"(threshold 0.1); learned step η = {one['eta_lsa']:.3f} vs line-searched {one['eta_gd']:.3f}.")
-    if deep:
-        checks, parts = [], []
-        for r in deep:
-            beats = r["loss_lsa"] < r["loss_gd"]
-            near = abs(rel_gap(r["loss_lsa"], r["loss_gdpp"])) <= 0.1 or r["loss_lsa"] <= r["loss_gdpp"]
-            checks += [beats, near]
-            parts.append(f"{r['layers']} layers{' (recurrent)' if r['shared'] else ''}: LSA {r['loss_lsa']:.4f}, "
-                         f"GD {r['loss_gd']:.4f}, GD++ {r['loss_gdpp']:.4f}, model cos to GD++ "
-                         f"{r['model_cos_gdpp']:.3f} (to GD {r['model_cos_gd']:.3f})")
-        last = [r["curve"]["eval_loss"] for r in deep]
-        falling = any(len(c) > 4 and c[-1] < 0.99 * c[len(c) * 3 // 4] for c in last)
-        why = (f" The deep models trained {s['deep_steps']} steps (paper: 5000 recurrent, 50 000 non-recurrent) and "
-               "their held-out loss was still falling at the end, so the gap to GD++ is at least partly "
-               "under-training." if falling and not all(checks) else "")
-        report.claim("Multi-layer LSA beats as many plain GD steps and matches GD++ (loss within 10 % or better)",
-                     verdict(checks), "; ".join(parts) + "." + why)
-    gap = _ood_gap(ood, "LSA 1 layer", "GD 1 step")
-    report.claim(
-        "Out of distribution (inputs scaled by α), the trained 1-layer LSA keeps tracking GD",
-        "reproduced" if gap <= 0.1 else ("partly" if gap <= 0.3 else "not"),
-        f"largest relative loss gap LSA vs GD over α ∈ [{min(ood['alpha'])}, {max(ood['alpha'])}]: "
-        f"{100 * gap:.1f} % (reproduced ≤ 10 %, partly ≤ 30 %); both degrade together as α grows.")
+    """The report (text, verdicts, tables, figures) from a run's metrics; see :mod:`vonoswald2023_report`."""
+    text.render(report, Settings.from_dict(report.settings), SCALES["paper"])
 
-    report.paper_vs_ours("gd1_loss", one["loss_gd"], "line-searched on our tune tasks, scored on our held-out tasks")
-    report.paper_vs_ours("lsa1_loss", one["loss_lsa"])
-    report.paper_vs_ours("model_cos_1layer", one["model_cos"])
-    report.paper_vs_ours("preds_diff_1layer", one["preds_diff"])
-    report.paper_vs_ours("max_eig_xxt_n10", one["max_eig_xxt"], f"max over our {s['eval_tasks']} held-out tasks")
-    rec = [r for r in deep if r["shared"] and r["layers"] == 2]
-    if rec:
-        report.paper_vs_ours("gamma_recurrent2_n10", rec[0]["gamma_lsa"] / s["n"],
-                             "γ of our trained recurrent 2-layer LSA (x-block of β·P W_V), in the paper's "
-                             f"un-normalised convention (icgd γ / N); grid-searched GD++ γ/N: "
-                             f"{rec[0]['gamma_gdpp'] / s['n']:.3f}")
-    for alpha, key in ((0.5, "ood_gd_loss_alpha0.5"), (2.0, "ood_gd_loss_alpha2")):
-        if alpha in ood["alpha"]:
-            report.paper_vs_ours(key, ood["GD 1 step"][ood["alpha"].index(alpha)], "our GD 1 step at this α")
 
-    report.heading("One layer: trained LSA vs one GD step")
-    report.table(["quantity", "value"], [
-        ["½-MSE trained LSA", one["loss_lsa"]], ["½-MSE one GD step (line-searched)", one["loss_gd"]],
-        ["½-MSE GD construction (LSA weights of Prop. 1)", one["loss_construction"]],
-        ["½-MSE predicting 0", one["loss_zero"]], ["relative gap LSA − GD", one["rel_gap"]],
-        ["model cos", one["model_cos"]], ["model diff", one["model_diff"]], ["preds diff", one["preds_diff"]],
-        ["η line-searched", one["eta_gd"]], ["η read off the trained weights", one["eta_lsa"]],
-        ["β (mean diag of trained W_KQ x-block)", one["beta"]],
-        ["‖W_KQ/β − construction‖ / ‖construction‖", one["kq_distance"]],
-        ["‖β W_PV − construction‖ / ‖construction‖", one["pv_distance"]],
-        ["training time (s)", one["train_seconds"]],
-    ], "All on the held-out tasks. η in icgd's convention (the layer divides by N; the paper's P = η/N).")
-    _fig_curves(report)
-    _fig_weights(report)
-    if deep:
-        report.heading("Several layers: LSA vs GD and GD++")
-        rows = [[f"{r['layers']}{' (recurrent)' if r['shared'] else ''}", r["loss_lsa"], r["loss_gd"],
-                 r["loss_gdpp"], r["model_cos_gd"], r["model_cos_gdpp"], r["preds_diff_gd"], r["preds_diff_gdpp"],
-                 r["eta_gdpp"], r["gamma_gdpp"], r.get("gamma_lsa", "—"), r["train_seconds"]] for r in deep]
-        report.table(["layers", "LSA loss", "GD loss", "GD++ loss", "cos GD", "cos GD++", "preds diff GD",
-                      "preds diff GD++", "GD++ η", "GD++ γ", "LSA γ", "train s"], rows,
-                     "γ in icgd's normalised convention (paper's γ × N). LSA γ: read off the trained recurrent "
-                     "layer (−x-block of β·P W_V).")
-        _fig_deep(report)
-    report.heading("Out-of-distribution input scaling")
-    keys = [k for k in ood if k != "alpha"]
-    report.table(["α", *keys], [[a, *(ood[k][i] for k in keys)] for i, a in enumerate(ood["alpha"])],
-                 "½-MSE at inputs x ~ U(−α/2, α/2).")
-    _fig_ood(report)
+def what_was_run(settings: Settings, scale: str) -> str:
+    """The "what was run" paragraph for `settings` at `scale`."""
+    return text.what_was_run(settings, scale)
