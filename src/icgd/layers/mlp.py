@@ -41,9 +41,13 @@ class MLP(nn.Module):
         self.activation, self.residual = activation, residual
         dtype = dtype or torch.get_default_dtype()
         self.dim, self.width = dim, width
-        self.W1 = nn.Parameter(torch.randn(width, dim, generator=generator, dtype=dtype) / math.sqrt(dim))
-        self.W2 = nn.Parameter(torch.randn(dim, width, generator=generator, dtype=dtype) / math.sqrt(max(width, 1)))
+        W1 = nn.Parameter(torch.randn(width, dim, generator=generator, dtype=dtype) / math.sqrt(dim))
+        W2 = nn.Parameter(torch.randn(dim, width, generator=generator, dtype=dtype) / math.sqrt(max(width, 1)))
+        # registered layer by layer (W1, b1, W2, b2), the order of two nn.Linear: gradient clipping sums the
+        # parameters' norms in this order
+        self.W1 = W1
         self.b1 = nn.Parameter(torch.zeros(width, dtype=dtype)) if bias else None
+        self.W2 = W2
         self.b2 = nn.Parameter(torch.zeros(dim, dtype=dtype)) if bias else None
 
     @classmethod
