@@ -45,25 +45,25 @@ class MechanismSettings:
     lsa_n: int = 10
     lsa_x_scale: float = 0.5
     lsa_layers: tuple = (1, 2, 3, 4)
-    lsa_steps: int = 1500
+    lsa_steps: int = 800
     lsa_batch: int = 512
-    lsa_lr: float = 2e-3
+    lsa_lr: float = 0.03
     # linear regression, GPT-style models (Garg): x ~ N(0, I_d), n_points − 1 context points for the analysis
-    gpt_d: int = 4
+    gpt_d: int = 2
     gpt_points: int = 11
     gpt_layers: int = 3
     gpt_heads: int = 2
-    gpt_embd: int = 64
+    gpt_embd: int = 32
     gpt_steps: int = 2000
     gpt_batch: int = 64
-    gpt_lr: float = 1e-3
+    gpt_lr: float = 2e-3
     gpt_attentions: tuple = ("softmax", "relu")
     # Wu's teacher: a depth-`wu_depth` ReLU network of width 100, inputs N(mixture_mean·1, I) (mean 0: ridge loses)
     wu_d: int = 2
     wu_depth: int = 2
     wu_mixture_mean: float = 0.0
     wu_points: int = 16
-    wu_steps: int = 1500
+    wu_steps: int = 2000
     wu_attentions: tuple = ("relu", "softmax")
     student_widths: tuple = (4, 32)
     student_steps: tuple = (1, 8, 64)
@@ -175,9 +175,15 @@ def linear_candidates(tune: tuple, max_steps: int) -> dict:
 
 
 def _query_mse(learner, tune: tuple) -> float:
+    """Mean squared query error; inf for a learner that diverges (e.g. GD with too large a step)."""
+    from icgd.errors import NonFiniteError
+
     X, Y, xq, yq = tune
-    with torch.no_grad():
-        v = float(((learner.predict(X, Y, xq) - yq) ** 2).mean())
+    try:
+        with torch.no_grad():
+            v = float(((learner.predict(X, Y, xq) - yq) ** 2).mean())
+    except NonFiniteError:
+        return math.inf
     return v if math.isfinite(v) else math.inf
 
 
@@ -301,7 +307,8 @@ def model_record(ctx, name, model, cfg, run, prompts, cands, s, *, linear: bool,
     t0 = time.perf_counter()
     rec = {"family": family, "attention": getattr(cfg, "attention", "linear") if cfg.model == "icl" else "linear",
            "model": cfg.model, "n_layer": cfg.n_layer, "train_seconds": round(run.seconds, 1),
-           "query_mse": _losses(model, prompts), "alignment": analyse(model, prompts, cands, s, linear=linear),
+           "query_mse": _losses(model, prompts), "curve": run.curve(), "baselines": run.trainer.baselines,
+           "alignment": analyse(model, prompts, cands, s, linear=linear),
            "untrained": analyse(untrained_copy(model, seed=ctx.seed + 1), prompts, cands, s, linear=linear,
                                 probe=False)["lens"]}
     rec["analysis_seconds"] = round(time.perf_counter() - t0, 1)
@@ -416,7 +423,6 @@ def wu_setting_check(prompts: Prompts, cands: dict) -> dict:
 
 
 def run(ctx: RunContext) -> dict:
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     s = MechanismSettings.from_dict(ctx.settings)
     t0 = time.perf_counter()
     fam = _families(ctx, s)
