@@ -325,3 +325,32 @@ def test_cli_analyze(lsa_run, tmp_path, capsys):
         assert code == 2 and what in err and len(err.strip().splitlines()) == 1
     code, _, err = _cli(capsys, "analyze", str(out), "--candidates", "gd:x")
     assert code == 2 and "candidate" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------------------------- the study
+
+
+def test_smoke_study_controls_and_report_follow_the_metrics(smoke_run):
+    from icgd.experiments.mechanism import CONTROL_R2, control_max
+    from icgd.experiments.reproduce import rebuild_report
+
+    out, record = smoke_run("mechanism")
+    m = record["metrics"]
+    for key in ("linear_gd", "gd_plus_plus", "deep_gd"):  # the constructions give the diagonal at any scale
+        assert m["headline"][f"positive_{key}_min_diagonal_r2"] >= 0.999
+    assert all(control_max(rec["untrained"]) < CONTROL_R2 for rec in m["models"].values())
+    assert m["wu_setting"]["ridge(0.1)"] < m["wu_setting"]["direct"] - 0.2  # the chosen teacher: ridge loses
+    md = (out / "report.md").read_text()
+    assert "What was run (smoke scale" in md and "positive_controls.png" in md
+    # the verdicts are a function of metrics.json: make the 1-layer LSA match gd1 exactly and rebuild
+    altered = out.parent / f"{out.name}-mech-altered"
+    altered.mkdir()
+    lens = m["models"]["LSA 1-layer"]["alignment"]["lens"]
+    j = lens["candidates"].index("gd1")
+    for key in ("r2", "r2_low", "r2_high"):
+        lens[key] = [[0.9999 if c == j else 0.5 for c in range(len(row))] for row in lens[key]]
+    (altered / "metrics.json").write_text(json.dumps(record))
+    rebuild_report(altered)
+    md2 = (altered / "report.md").read_text()
+    assert "layer 1 tracks gd1 (R² 1.000 [1.000, 1.000])" in md2
+    assert "| LSA 1-layer: layer ℓ runs ℓ steps of GD (or GD++), as the construction does | **reproduced**" in md2

@@ -13,6 +13,7 @@ of the same shape, models trained on shuffled labels).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, fields
@@ -79,14 +80,19 @@ class MechanismSettings:
         return cls(**kw)
 
 
+def _plain(settings: MechanismSettings) -> dict:
+    """JSON values (tuples become lists), as metrics.json stores them."""
+    return json.loads(json.dumps(asdict(settings)))
+
+
 SCALES = {
-    "smoke": asdict(MechanismSettings(eval_prompts=200, tune_prompts=128, probe_prompts=200, n_boot=200,
+    "smoke": _plain(MechanismSettings(eval_prompts=200, tune_prompts=128, probe_prompts=200, n_boot=200,
                                       lsa_layers=(1, 2), lsa_steps=150, lsa_batch=256, gpt_layers=2, gpt_embd=32,
                                       gpt_steps=60, gpt_attentions=("softmax",), wu_steps=40,
                                       wu_attentions=("relu",), student_widths=(4,), student_steps=(1, 8),
                                       direct_epochs=20, shuffled_gpt=False)),
-    "cpu": asdict(MechanismSettings()),
-    "paper": asdict(MechanismSettings(eval_prompts=4000, tune_prompts=2000, probe_prompts=4000,
+    "cpu": _plain(MechanismSettings()),
+    "paper": _plain(MechanismSettings(eval_prompts=4000, tune_prompts=2000, probe_prompts=4000,
                                       lsa_d=10, lsa_layers=(1, 2, 3, 4, 5), lsa_steps=20000, lsa_batch=2048,
                                       lsa_lr=1e-3, gpt_d=10, gpt_points=21, gpt_layers=8, gpt_heads=4,
                                       gpt_embd=128, gpt_steps=100000, gpt_lr=2e-4, wu_d=5, wu_depth=3,
@@ -362,8 +368,6 @@ def run_shuffled(ctx: RunContext, s: MechanismSettings, fam: dict, cands: dict) 
 
 
 def _json(v) -> str:
-    import json
-
     return json.dumps(v)
 
 
