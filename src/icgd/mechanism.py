@@ -379,7 +379,8 @@ def _fit_probes(reader: _Reader, probe_prompts, w0, lam: float) -> list:
                         "the probe of every layer is fitted to the true labels")
     Xp, Yp, qp, yp = probe_prompts
     streams = _layer_streams(reader, Xp, Yp, qp, w0)
-    target = _as_f64(torch.as_tensor(yp)).reshape(-1, _as_f64(torch.as_tensor(yp)).shape[-1])
+    yp = _as_f64(torch.as_tensor(yp))
+    target = yp.reshape(-1, yp.shape[-1])
     return [fit_linear_probe(_as_f64(s).reshape(-1, s.shape[-1]), target, lam) for s in streams]
 
 
