@@ -79,8 +79,9 @@ def test_deep_gd_gives_the_diagonal():
 def test_scores_mse_and_bootstrap_match_sklearn_and_a_plain_loop():
     X, Y, xq, _ = linear_prompts(B=60, m=5, seed=2)
     cands = gd_candidates(0.9, 3)
+    X, Y, xq, yq = linear_prompts(B=60, m=5, seed=2)
     al = layer_alignment(linear_gd(D, eta=0.7, steps=3), X, Y, xq, cands, n_boot=40,
-                         generator=torch.Generator().manual_seed(3))
+                         generator=torch.Generator().manual_seed(3), y_query=yq)
     # independent read-outs: the k-layer construction's own predict (no hooks) is layer k's slot
     reads = [linear_gd(D, eta=0.7, steps=k).predict(X, Y, xq).numpy() for k in (1, 2, 3)]
     preds = {k: c.predict(X, Y, xq).numpy() for k, c in cands.items()}
@@ -88,6 +89,7 @@ def test_scores_mse_and_bootstrap_match_sklearn_and_a_plain_loop():
         for j, (name, c) in enumerate(preds.items()):
             assert float(al.scores[i, j]) == pytest.approx(sk_r2(c.reshape(-1), r.reshape(-1)), abs=1e-10)
             assert float(al.mse[i, j]) == pytest.approx(((r - c) ** 2).sum(-1).mean(), rel=1e-10)
+        assert float(al.truth[i, 0]) == pytest.approx(sk_r2(yq.numpy().reshape(-1), r.reshape(-1)), abs=1e-10)
     # bootstrap: the same resampling indices, R² by sklearn on each resample, numpy percentiles
     idx = torch.randint(0, 60, (40, 60), generator=torch.Generator().manual_seed(3)).numpy()
     c, r = preds["gd2"], reads[0]

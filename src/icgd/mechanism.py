@@ -280,6 +280,7 @@ class Alignment:
     ilwd: torch.Tensor | None = None
     implicit_r2: torch.Tensor | None = None
     extra: dict = field(default_factory=dict)
+    truth: torch.Tensor | None = None  # (n_layers, 3): R² of each layer's read-out against the true labels, low, high
 
     def best(self) -> list[tuple[str, str, float]]:
         """Per layer: (layer, best candidate by R², its R²)."""
@@ -301,6 +302,7 @@ class Alignment:
                 "r2_low": rows(self.low), "r2_high": rows(self.high), "readout": self.readout,
                 "n_prompts": self.n_prompts, "n_queries": self.n_queries, "level": self.level,
                 "between": rows(self.between), "ilwd": rows(self.ilwd), "implicit_r2": rows(self.implicit_r2),
+                "truth": rows(self.truth),
                 **({"extra": self.extra} if self.extra else {})}
 
     @classmethod
@@ -309,7 +311,7 @@ class Alignment:
             return None if d.get(key) is None else torch.tensor(d[key], dtype=torch.float64)
         return cls(list(d["layers"]), list(d["candidates"]), t("r2"), t("mse"), t("r2_low"), t("r2_high"),
                    d["readout"], int(d["n_prompts"]), int(d["n_queries"]), float(d.get("level", 0.95)),
-                   t("between"), t("ilwd"), t("implicit_r2"), dict(d.get("extra", {})))
+                   t("between"), t("ilwd"), t("implicit_r2"), dict(d.get("extra", {})), t("truth"))
 
     def plot(self, ax=None, title: str = ""):
         """Heat-map of the R² (colour clipped to [0, 1]; cells print R² with 2 decimals). Returns the axes."""
@@ -451,14 +453,15 @@ def _check_readout(readout: str, reader: _Reader) -> str:
 
 def layer_alignment(model, X, Y, x_query, candidates: Mapping, *, readout: str = "auto", w0=None,
                     probe_prompts=None, probe_lam: float = 1e-3, implicit: bool = False, n_boot: int = 1000,
-                    level: float = 0.95, generator: torch.Generator | None = None) -> Alignment:
+                    level: float = 0.95, generator: torch.Generator | None = None, y_query=None) -> Alignment:
     """Every layer's read-out of `model` against every candidate learner on the prompts ``X (B, n, d)``,
     ``Y (B, n, d_out)``, ``x_query (B, m, d)`` (see the module docstring for read-outs and scores).
 
     `candidates`: ``{name: learner}``, anything with ``predict(X, Y, x_query)`` (evaluated in float64). `w0`: the
     initial weights for Wu's deep-GD construction. `implicit`: also the implicit linear weights (needs
     m ≥ d + 2 queries that the model answers independently). Bootstrap: `n_boot` resamples of the prompts from
-    `generator`, a `level` interval."""
+    `generator`, a `level` interval. `y_query`: the true labels, for each layer's R² against them
+    (:attr:`Alignment.truth`)."""
     reader = _reader(model)
     readout = _check_readout(readout, reader)
     n_boot, level = positive_int(n_boot, "n_boot", minimum=2), positive_float(level, "level")
@@ -484,8 +487,22 @@ def layer_alignment(model, X, Y, x_query, candidates: Mapping, *, readout: str =
             raise ShapeError(f"implicit weights need at least d + 2 = {X.shape[-1] + 2} queries per prompt, got {m}")
         ilwd, implicit_r2 = _implicit(R, C, xq)
     between = _r2_from_counts(ones, *_per_prompt_stats(C, C), m)
+    truth = None if y_query is None else _truth(R, y_query, gen, n_boot, level)
     return Alignment(reader.labels(), list(candidates), scores, mse, low, high, readout, int(X.shape[0]), m, level,
-                     between, ilwd, implicit_r2)
+                     between, ilwd, implicit_r2, truth=truth)
+
+
+def _truth(R: torch.Tensor, y_query, generator, n_boot: int, level: float) -> torch.Tensor:
+    """``(L, 3)``: R² of every layer's read-out against the true labels (how accurate the layer is), with its
+    bootstrap interval. A layer that tracks a candidate only as closely as both track the labels says little about
+    the mechanism."""
+    y = _as_f64(torch.as_tensor(y_query))
+    if y.shape != R.shape[1:]:
+        raise ShapeError(f"y_query must have the predictions' shape {tuple(R.shape[1:])}, got {tuple(y.shape)}")
+    res, s1, s2 = _per_prompt_stats(R, y[None])
+    r2 = _r2_from_counts(torch.ones(y.shape[0], dtype=torch.float64), res, s1, s2, y.shape[1])[:, 0]
+    lo, hi = _bootstrap(res, s1, s2, y.shape[1], n_boot, level, generator)
+    return torch.stack([r2, lo[:, 0], hi[:, 0]], dim=1)
 
 
 def candidate_agreement(candidates: Mapping, X, Y, x_query) -> torch.Tensor:

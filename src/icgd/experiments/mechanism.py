@@ -55,7 +55,7 @@ class MechanismSettings:
     gpt_layers: int = 3
     gpt_heads: int = 2
     gpt_embd: int = 32
-    gpt_steps: int = 2000
+    gpt_steps: int = 4000
     gpt_batch: int = 64
     gpt_lr: float = 2e-3
     gpt_attentions: tuple = ("softmax", "relu")
@@ -64,10 +64,10 @@ class MechanismSettings:
     wu_depth: int = 2
     wu_mixture_mean: float = 0.0
     wu_points: int = 16
-    wu_steps: int = 2000
+    wu_steps: int = 2500
     wu_attentions: tuple = ("relu", "softmax")
-    student_widths: tuple = (4, 32)
-    student_steps: tuple = (1, 8, 64)
+    student_widths: tuple = (4, 32, 128)
+    student_steps: tuple = (1, 8, 64, 256)
     direct_epochs: int = 100
     # negative controls: models trained on labels shuffled within each prompt
     shuffled_lsa_layers: int = 2
@@ -289,11 +289,12 @@ def analyse(model, prompts: Prompts, cands: dict, s: MechanismSettings, *, linea
             seed: int = 0) -> dict:
     """Alignments of one model: lens (or slot) read-out, and the probe read-out when `probe`."""
     g = torch.Generator().manual_seed(seed)
-    X, Y, xq, _ = prompts.eval
-    out = {"lens": layer_alignment(model, X, Y, xq, cands, n_boot=s.n_boot, implicit=linear, generator=g).to_dict()}
+    X, Y, xq, yq = prompts.eval
+    out = {"lens": layer_alignment(model, X, Y, xq, cands, n_boot=s.n_boot, implicit=linear, generator=g,
+                                   y_query=yq).to_dict()}
     if probe:
         out["probe"] = layer_alignment(model, X, Y, xq, cands, readout="probe", probe_prompts=prompts.probe,
-                                       n_boot=s.n_boot, implicit=linear, generator=g).to_dict()
+                                       n_boot=s.n_boot, implicit=linear, generator=g, y_query=yq).to_dict()
     return out
 
 
@@ -572,7 +573,10 @@ def _model_section(r: Report, name: str, rec: dict) -> None:
         for i, row in enumerate(rows):
             j = int(torch.argmin(al.ilwd[i]))
             row.append(f"{al.candidates[j]} ({float(al.ilwd[i, j]):.3g}); fit R² {float(al.implicit_r2[i]):.3f}")
-    header = ["layer", "lens read-out", *(["probe read-out"] if "probe" in rec["alignment"] else []),
+    if al.truth is not None:
+        for i, row in enumerate(rows):
+            row.insert(1, f"{float(al.truth[i, 0]):.3f} [{float(al.truth[i, 1]):.3f}, {float(al.truth[i, 2]):.3f}]")
+    header = ["layer", *(["R² vs true labels (lens)"] if al.truth is not None else []), "lens read-out", *(["probe read-out"] if "probe" in rec["alignment"] else []),
               *(["closest implicit weights (ILWD)"] if al.implicit_r2 is not None else [])]
     r.table(header, rows, caption=f"{name}: query MSE {rec['query_mse']:.4g}, trained {rec['train_seconds']} s.")
     r.text(f"**Verdict: {verdict}.** {evidence}. *Would be falsified by* {falsify}.")
