@@ -656,7 +656,9 @@ def render(r: Report) -> None:
         mse = m["candidate_query_mse"][family]
         r.table(["predictor", "query MSE (held-out prompts)"],
                 [[n, m["models"][n]["query_mse"]] for n in names] + [[k, v] for k, v in mse.items()],
-                caption="Query error of the trained models and of every candidate on the analysed prompts.")
+                caption="Query error of the trained models and of every candidate on the analysed prompts"
+                        + (f" (predicting 0 has expected error E y² = d = {s.gpt_d} here)." if family == "gpt"
+                           else "."))
         for name in names:
             _figure(r, name, m["models"][name], _slug(name))
             _model_section(r, name, m["models"][name])
