@@ -560,6 +560,32 @@ def compare(
     _console().print(table)
 
 
+# ---------------------------------------------------------------------------------------------------- analyze
+
+
+@_command([
+    ("icgd analyze runs/lsa --candidates gd:1-4,ridge:0.1,ols", "which algorithm each block of a trained run tracks"),
+    ("icgd analyze runs/lsa --readout probe --out lsa.png", "linear probes fitted on separate prompts instead"),
+])
+def analyze(
+    run_dir: Path = typer.Argument(..., help="a run folder written by icgd train --out"),
+    candidates: str = typer.Option("gd:1-4,ridge:0.1,ols", "--candidates",
+                                   help="gd:K or gd:A-B, ridge[:λ], ols, newton[:K], averaging, knn[:k], "
+                                        "kernel:NAME, ntk[:λ] (comma-separated)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="heat-map PNG (default RUN_DIR/alignment.png)"),
+    prompts: int = typer.Option(512, "--prompts", help="held-out prompts of the run's task"),
+    readout: str = typer.Option("auto", "--readout", help="auto | lens | probe"),
+) -> None:
+    """Layer by layer: which learning algorithm does each block of a trained model's read-out match (R²)?"""
+    from icgd.mechanism import analyze_run
+
+    result = analyze_run(run_dir, candidates, out or Path(run_dir) / "alignment.png", prompts=prompts,
+                         readout=readout)
+    console = _console()
+    console.print(result.alignment.rich_table())
+    console.print(f"wrote {result.figure}")
+
+
 # ---------------------------------------------------------------------------------------------------- bench
 
 

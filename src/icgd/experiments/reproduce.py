@@ -32,7 +32,7 @@ import torch
 from icgd.errors import ConfigError
 from icgd.experiments.report import Report, flatten, fmt, paper_values
 
-EXPERIMENTS = ("wu2025", "vonoswald2023", "akyurek2023", "cheng2024", "garg2022")
+EXPERIMENTS = ("wu2025", "vonoswald2023", "akyurek2023", "cheng2024", "garg2022", "mechanism")
 SCALES = ("smoke", "cpu", "paper")
 METRICS_FILE = "metrics.json"
 
