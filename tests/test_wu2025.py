@@ -161,7 +161,8 @@ def test_deep_teacher_needs_a_nonlinear_fit(one_thread):
 
 def test_depth_verdict_rule():
     assert depth_verdict({"plateau": [[0.5, 0.45, 0.55], [0.6, 0.56, 0.64], [0.7, 0.66, 0.74]]}) == "reproduced"
-    assert depth_verdict({"plateau": [[0.5, 0.45, 0.55], [0.52, 0.47, 0.57]]}) == "partly"
+    assert depth_verdict({"plateau": [[0.5, 0.45, 0.55], [0.53, 0.48, 0.58]]}) == "partly"
+    assert depth_verdict({"plateau": [[0.5, 0.45, 0.55], [0.51, 0.46, 0.56]]}) == "not"
     assert depth_verdict({"plateau": [[0.5, 0.45, 0.55], [0.7, 0.66, 0.74], [0.6, 0.56, 0.64]]}) == "partly"
     assert depth_verdict({"plateau": [[0.5, 0.45, 0.55], [0.49, 0.44, 0.54]]}) == "not"
 

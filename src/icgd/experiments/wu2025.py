@@ -137,7 +137,7 @@ SETTINGS: dict[str, WuSettings] = {
                         con_steps=3, con_knots=32, con_knots_sweep=(32, 64), con_etas=(0.3, 1.0), con_prompts=32,
                         con_positions=(4, 11, 15)),
     "cpu": WuSettings(d=2, n_points=31, n_test=46, n_layer=2, n_embd=64, n_head=4, steps=1000, lr=3e-3,
-                      warmup=50, depth_layers=(1, 2, 3)),
+                      warmup=50, depth_layers=(1, 2, 3), con_knots=1024),
     "paper": WuSettings(d=20, n_points=51, n_test=76, n_layer=12, n_embd=256, n_head=8, steps=500000, lr=1e-4,
                         warmup=5000, checks=50, depth_layers=(4, 6, 8, 10, 12), eval_prompts=6400, n_boot=1000,
                         plateau_from=10, plateau_to=30, direct_prompts=640,
@@ -415,9 +415,9 @@ def construction_scores(s: WuSettings, p: Prompt, positions: tuple[int, ...], et
 
 
 def construction_study(s: WuSettings, p: Prompt, eta: float, seed: int) -> dict:
-    """At k = n_points − 1 on the in-distribution prompts: the a-priori intervals against the (leaky) intervals
-    read off the autograd trajectory at `con_knots`, the knots sweep of the a-priori version, and R² after every
-    in-context GD step read from the construction's tokens."""
+    """At k = n_points − 1 on the in-distribution prompts: the (leaky) intervals read off the autograd trajectory
+    at the sweep's smallest knot count, the knots sweep of the a-priori version, and R² after every in-context GD
+    step read from the construction's tokens (at `con_knots`)."""
     spec, k = student_spec(s), s.n_points - 1
     sub = Prompt(p.X[:s.con_prompts], p.Y[:s.con_prompts], p.x_query, p.y_query)
     W0 = student_init(s, seed).expand(len(sub.X), -1)
@@ -428,7 +428,7 @@ def construction_study(s: WuSettings, p: Prompt, eta: float, seed: int) -> dict:
         return {"max_abs_diff": float((pred - ref).abs().max()),
                 "r2_diff": abs(float(r2_per_position(pred, target)[0] - r2_per_position(ref, target)[0]))}
 
-    leaky, _, _ = _construct_at(s, sub, k, eta, W0, s.con_knots, traj, leaky=True)
+    leaky, _, _ = _construct_at(s, sub, k, eta, W0, s.con_knots_sweep[0], traj, leaky=True)
     sweep = [score(_construct_at(s, sub, k, eta, W0, m, traj)[0]) for m in s.con_knots_sweep]
     _, model, _ = _construct_at(s, sub, k, eta, W0, s.con_knots, traj)
     with torch.inference_mode():
