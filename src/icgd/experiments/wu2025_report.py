@@ -446,14 +446,16 @@ def _construction_figures(report: Report) -> None:
     ax = axes[1]
     ax.loglog(cs["knots"], [r["max_abs_diff"] for r in cs["sweep"]], "o-", color=_COLORS["construction"],
               label="intervals from inputs and box")
-    ax.axhline(cs["trajectory_ranges"]["max_abs_diff"], color="k", ls=":", label="intervals from the trajectory")
+    ax.axhline(cs["trajectory_ranges"]["max_abs_diff"], color="k", ls=":",
+               label=f"intervals from the trajectory (leaky), {cs['knots'][0]} knots")
     ax.set(xlabel="knots per fitted function", ylabel="max |ŷ − ŷ_GD|", title="fit accuracy")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     report.figure(fig, "construction_steps",
                   "Left: R² of the student after each in-context GD step, read from the construction's tokens and "
                   "from autograd GD. Right: largest prediction difference to autograd GD against the number of knots "
-                  "(a-priori intervals) and, dotted, with intervals read off the autograd trajectory.")
+                  "(a-priori intervals) and, dotted, with intervals read off the autograd trajectory at the smallest "
+                  f"knot count; k = {cs['position']}, the first {_s(report).con_prompts} in-distribution test prompts.")
 
 
 def _training_figure(report: Report) -> None:
