@@ -231,7 +231,9 @@ def _what_was_run(report: Report) -> None:
         f"on the first {s.con_prompts} test prompts.\n"
         f"- R² at k examples: over the batch of prompts at each position (`icgd.analysis.r2_per_position`); "
         f"intervals are 95% percentile bootstraps over prompts ({s.n_boot} resamples); the plateau is the mean "
-        f"over {_k(s)}.")
+        f"over {_k(s)}." + (f"\n- Note: {report.meta['construction_recomputed']} (it depends only on the seeded "
+                             "prompts and these settings, not on the trained models; the run time above excludes it)."
+                             if report.meta.get("construction_recomputed") else ""))
 
 
 def _reduced(report: Report) -> None:
