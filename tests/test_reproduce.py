@@ -9,7 +9,7 @@ import pytest
 
 from icgd.cli import main
 from icgd.errors import ConfigError
-from icgd.experiments.report import VERDICTS, flatten, paper_values
+from icgd.experiments.report import NOT_JUDGED, SMOKE_LINE, VERDICTS, flatten, paper_values
 from icgd.experiments.reproduce import EXPERIMENTS, compare_runs, rebuild_report, run_experiment, settings_for
 
 def _scale_floats(x, factor: float):
@@ -34,7 +34,10 @@ def test_smoke_writes_a_report_from_its_metrics(name, smoke_run):
     numbers = [v for v in flatten(record["metrics"]).values() if isinstance(v, float)]
     assert numbers, "an experiment must return measured numbers"
     md = (out / "report.md").read_text()
-    assert any(f"**{v}**" in md for v in VERDICTS), "each report gives verdicts"
+    verdicts = md.split("## Verdicts")[1].split("\n## ")[0].strip().splitlines()[2:]
+    assert verdicts and all(f"| {NOT_JUDGED} |" in row for row in verdicts), "smoke runs are not judged"
+    assert not any(f"**{v}**" in row for v in VERDICTS for row in verdicts)
+    assert SMOKE_LINE in md and md.index(SMOKE_LINE) < md.index("## Verdicts")
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "<table>" in html
     if name == "mechanism":  # a study, not a paper: no published numbers (its report is tested in test_mechanism)

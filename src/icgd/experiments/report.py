@@ -4,6 +4,11 @@ HTML page (figures embedded), plus the metrics as JSON and CSV.
 A report is a pure function of a run's saved ``metrics.json``: the experiment's ``render(report)`` reads
 ``report.metrics`` / ``report.settings``, and adds text, tables, figures, paper-vs-ours rows and verdicts. That is
 what lets ``icgd report DIR`` rebuild a report without rerunning anything.
+
+Scale-aware parts, the same for every experiment: at ``--scale smoke`` the report opens with :data:`SMOKE_LINE` and
+the experiment's own account of what the smoke run ran (its module's optional ``smoke_note(report) -> str``; a
+generic pointer to the settings otherwise), and every verdict cell reads :data:`NOT_JUDGED` (the evidence column
+still shows the numbers). A ``metrics["headline"]`` dict of scalars is listed in a "Headline numbers" section.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import importlib
 import json
 import math
 import re
@@ -27,6 +33,10 @@ from icgd.errors import ConfigError  # noqa: E402
 
 VERDICTS = ("reproduced", "partly", "not")
 DATA_DIR = Path(__file__).parent / "data"
+NOT_JUDGED = "not judged (smoke)"
+SMOKE_LINE = ("**Smoke scale: this run checks that the pipeline runs end to end; it is not a reproduction.** Its "
+              "models train for seconds, so no verdict is judged and no number below measures the paper's claims; "
+              "see the `cpu`-scale report for results.")
 
 
 @dataclass(frozen=True)
@@ -127,6 +137,50 @@ class Report:
             raise ConfigError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
         self.claims.append((claim, verdict, evidence))
 
+    # -- scale-dependent parts (smoke runs are labelled, not judged)
+
+    @property
+    def is_smoke(self) -> bool:
+        return self.meta.get("scale") == "smoke"
+
+    def verdict_cell(self, verdict: str) -> str:
+        return NOT_JUDGED if self.is_smoke else f"**{verdict}**"
+
+    def smoke_note(self) -> str:
+        """What a smoke run ran: the experiment module's ``smoke_note(report) -> str`` when it defines one, else a
+        pointer to the settings table."""
+        try:
+            module = importlib.import_module(f"icgd.experiments.{self.name}")
+        except ImportError:
+            module = None
+        note = getattr(module, "smoke_note", None)
+        if callable(note):
+            return str(note(self)).strip()
+        sizes = ", ".join(f"{k} = {fmt(v)}" for k, v in self.settings.items()
+                          if isinstance(v, (int, float)) and not isinstance(v, bool) and
+                          any(w in k for w in ("step", "layer", "prompt", "embd", "epoch", "points")))
+        return ("What this smoke run ran: the sizes in the Settings table at the end" +
+                (f" ({sizes})" if sizes else "") + "; where the text below names larger models, prompts or step "
+                "counts, those belong to the cpu or paper scale and were not run here.")
+
+    def _headline_rows(self) -> list[list[str]]:
+        """``metrics["headline"]`` (scalars) as rows; a key with ``_lo``/``_hi`` siblings becomes one row with its
+        interval."""
+        h = self.metrics.get("headline")
+        if not isinstance(h, dict):
+            return []
+        rows = []
+        for key, value in h.items():
+            if key.endswith(("_lo", "_hi")) and key[:-3] in h:
+                continue
+            if isinstance(value, (list, dict)):
+                continue
+            cell = fmt(value)
+            if f"{key}_lo" in h and f"{key}_hi" in h:
+                cell += f" [{fmt(h[key + '_lo'])}, {fmt(h[key + '_hi'])}]"
+            rows.append([key, cell])
+        return rows
+
     # -- writers
 
     def _settings_rows(self) -> list[list[str]]:
@@ -147,10 +201,12 @@ class Report:
         if self.citation:
             lines += [f"*{self.citation}*", ""]
         lines += [f"Run: {self._meta_line()}.", ""]
+        if self.is_smoke:
+            lines += [SMOKE_LINE, "", self.smoke_note(), ""]
         if self.claims:
             lines += ["## Verdicts", ""]
             lines += _md_table(["claim", "verdict", "evidence"],
-                               [[c, f"**{v}**", e] for c, v, e in self.claims])
+                               [[c, self.verdict_cell(v), e] for c, v, e in self.claims])
         if self.comparisons:
             lines += ["## The paper's numbers beside ours", ""]
             lines += _md_table(["quantity", "paper source", "paper", "icgd", "icgd − paper", "note"],
@@ -169,6 +225,9 @@ class Report:
                 png, caption = b.data
                 lines += [f"![{caption}](figures/{png.name})", "", f"*{caption}* "
                           f"([SVG](figures/{png.stem}.svg))", ""]
+        if self._headline_rows():
+            lines += ["## Headline numbers", "", "*`metrics.headline` in metrics.json ([low, high]: 95% interval).*",
+                      ""] + _md_table(["key", "value"], self._headline_rows())
         lines += ["## Settings", ""] + _md_table(["setting", "value"], self._settings_rows())
         return "\n".join(lines).rstrip() + "\n"
 
@@ -177,9 +236,11 @@ class Report:
         if self.citation:
             parts.append(f"<p><em>{html.escape(self.citation)}</em></p>")
         parts.append(f"<p>Run: {_inline(self._meta_line())}.</p>")
+        if self.is_smoke:
+            parts += [_html_text(SMOKE_LINE), _html_text(self.smoke_note())]
         if self.claims:
             parts += ["<h2>Verdicts</h2>", _html_table(["claim", "verdict", "evidence"],
-                                                       [[c, f"**{v}**", e] for c, v, e in self.claims])]
+                                                       [[c, self.verdict_cell(v), e] for c, v, e in self.claims])]
         if self.comparisons:
             parts += ["<h2>The paper's numbers beside ours</h2>",
                       _html_table(["quantity", "paper source", "paper", "icgd", "icgd − paper", "note"],
@@ -199,6 +260,8 @@ class Report:
                 data = base64.b64encode(png.read_bytes()).decode()
                 parts.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
                              f"<figcaption>{_inline(caption)}</figcaption></figure>")
+        if self._headline_rows():
+            parts += ["<h2>Headline numbers</h2>", _html_table(["key", "value"], self._headline_rows())]
         parts += ["<h2>Settings</h2>", _html_table(["setting", "value"], self._settings_rows())]
         body = "\n".join(parts)
         return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(self.title)}</title>"

@@ -67,10 +67,13 @@ def make_problem(cfg: ConstructionConfig) -> tuple[Prompt, torch.Tensor]:
     return prompt, w0
 
 
-def build(cfg: ConstructionConfig, prompt: Prompt, reference: torch.Tensor, knots: int | None = None
-          ) -> ConstructedICGD:
-    """The construction for `cfg`; fit intervals a priori from the box and the data's max |x|, or, without a box,
-    from the reference trajectory with a 25% margin."""
+NO_BOX_MARGIN = 3.0  # without a box: intervals = this × the largest |pre-activation| of w⁰ on the prompt's inputs
+
+
+def build(cfg: ConstructionConfig, prompt: Prompt, w0: torch.Tensor, knots: int | None = None) -> ConstructedICGD:
+    """The construction for `cfg`, with fit intervals from the prompt's inputs, w⁰ and the box only (never from the
+    GD trajectory it is then compared with): a priori from the box and the data's max |x|, or, without a box,
+    :data:`NO_BOX_MARGIN` × the pre-activations of w⁰ (outside its intervals a fit continues linearly)."""
     knots = knots or cfg.knots
     xs = torch.cat([prompt.X, prompt.x_query], dim=1)
     if cfg.box is not None:
@@ -78,7 +81,7 @@ def build(cfg: ConstructionConfig, prompt: Prompt, reference: torch.Tensor, knot
                         x_bound=float(xs.abs().max()))
     else:
         model = deep_gd(cfg.spec, eta=cfg.eta, steps=cfg.steps, knots=knots,
-                        fit_range=fit_ranges_from_data(cfg.spec, xs, reference))
+                        fit_range=fit_ranges_from_data(cfg.spec, xs, w0.cpu(), margin=NO_BOX_MARGIN))
     return model.to(cfg.device)
 
 
@@ -113,7 +116,7 @@ def run_construction(cfg: ConstructionConfig, knots: int | None = None) -> Const
     X, Y, xq = (t.to(dev) for t in (prompt.X, prompt.Y, prompt.x_query))
     w0 = w0.to(dev)
     ref, t_gd = _timed(lambda: gd_trajectory(spec, X, Y, w0, cfg.eta, cfg.steps, box=cfg.box))
-    model = build(cfg, prompt, ref.cpu(), knots)
+    model = build(cfg, prompt, w0, knots)
     with torch.inference_mode():
         tr, t_tf = _timed(lambda: model.trace(X, Y, w0))
         pred_tf = model.predict(X, Y, xq, w0)
