@@ -64,3 +64,8 @@ class LayoutError(ICGDError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class ConvergenceWarning(ICGDError, UserWarning):
+    """An iterative solver (e.g. :class:`icgd.learners.Lasso`) stopped at its iteration cap before reaching its
+    tolerance: the answer is returned but is not converged. Raise the cap or loosen the tolerance."""
