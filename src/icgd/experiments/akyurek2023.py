@@ -378,12 +378,18 @@ def _claim_ilwd(report: Report, clean: list[dict]) -> None:
         + ", ".join(f"{r['depth']} L {v:.4f}" for r, v in zip(clean, il_mean)) + ".")
 
 
+def _bayes_names(m: dict, s: Settings) -> dict[float, str]:
+    """Each measured noise level → the name of its Bayes ridge learner, Ridge(σ²/τ²) with σ as set."""
+    measured = sorted({r["noise"] for r in m["models"] if r["noise"] > 0})
+    return {noise: f"Ridge({sigma ** 2 / s.tau ** 2:g})" for noise, sigma in zip(measured, (x for x in s.noises
+                                                                                             if x > 0))}
+
+
 def _claim_noise(report: Report, s: Settings, clean: list[dict]) -> None:
     m = report.metrics
     parts, checks = [], []
-    for noise in (x for x in s.noises if x > 0):
+    for noise, bayes in _bayes_names(m, s).items():
         r = _rows(m, noise)[-1]
-        bayes = f"Ridge({noise ** 2 / s.tau ** 2:g})"
         c = r["closest"]
         checks.append(c["name"] == bayes and c["diff_hi"] < 0)
         parts.append(f"σ = {noise:g}: {_closest_text(r)}; Bayes ridge {bayes} SPD {r['spd'][bayes]['mean']:.4f} "
@@ -422,7 +428,7 @@ def _claims(report: Report, s: Settings) -> None:
         _claim_depth(report, clean)
         _claim_phase(report, clean)
         _claim_ilwd(report, clean)
-    if any(x > 0 for x in s.noises):
+    if any(r["noise"] > 0 for r in m["models"]):
         _claim_noise(report, s, clean)
     probed = [r for r in clean if "probes" in r]
     if probed:
@@ -440,7 +446,7 @@ def _paper_rows(report: Report, s: Settings) -> None:
                              "the paper gives an upper bound; ours: mean over prefixes")
         report.paper_vs_ours("ilwd_ols_fig1_bound", sum(r["ilwd"]["ilwd"]["OLS"]) / len(r["ilwd"]["ilwd"]["OLS"]),
                              "the paper gives an upper bound")
-    if 0.5 in s.noises and s.tau == 1.0:
+    if _rows(m, 0.5) and s.tau == 1.0:
         r = _rows(m, 0.5)[-1]
         report.paper_vs_ours("mspd_ridge_bayes_sigma0.5", r["spd"]["Ridge(0.25)"]["mspd"],
                              f"our {r['depth']}-layer model")
@@ -507,8 +513,9 @@ def _fig_phase(report: Report, s: Settings) -> None:
         mean = [x["mean"] for x in v]
         err = [[x["mean"] - x["lo"] for x in v], [x["hi"] - x["mean"] for x in v]]
         ax.errorbar(depths, mean, yerr=err, fmt="o-", color=f"C{i}", capsize=3, label=name)
-    for r in (x for x in m["models"] if x["noise"] > 0):
-        bayes = f"Ridge({r['noise'] ** 2 / s.tau ** 2:g})"
+    names = _bayes_names(m, s)
+    for r in (x for x in m["models"] if x["noise"] in names):
+        bayes = names[r["noise"]]
         ax.plot([r["depth"]], [r["spd"][bayes]["mean"]], "k*", ms=10, label=f"σ = {r['noise']:g}: SPD to {bayes}")
     ax.set(xscale="log", yscale="log", xlabel="layers", ylabel="SPD / d (mean over prefixes)",
            title=f"noiseless, τ = {s.tau:g}")

@@ -30,6 +30,10 @@ def load(cls: type[T], raw: dict) -> T:
     return cls(**{k: _tuples(raw[k]) for k in names})
 
 
+def _lists(v):
+    return [_lists(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+
 def as_scales(per_scale: dict[str, object]) -> dict[str, dict]:
-    """``{"smoke": {...}, ...}``: the settings as JSON-ready dicts (tuples become lists when written)."""
-    return {scale: dataclasses.asdict(s) for scale, s in per_scale.items()}
+    """``{"smoke": {...}, ...}``: the settings as the JSON values ``metrics.json`` holds (tuples as lists)."""
+    return {scale: {k: _lists(v) for k, v in dataclasses.asdict(s).items()} for scale, s in per_scale.items()}
