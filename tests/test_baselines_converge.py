@@ -69,7 +69,7 @@ def test_lasso_default_matches_tight_sklearn(alpha, n, d):
     assert compared >= 3
 
 
-def test_lasso_prefixes_converge(gen=None):
+def test_lasso_prefixes_converge():
     X, Y, _ = sparse_prompts(3, 4, 12, 10, nonzero=2)
     alpha = 1e-3
     with warnings.catch_warnings():

@@ -3,6 +3,7 @@ behind the paper-scale time estimate (against torch's own FLOP counter)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -26,14 +27,8 @@ def test_settings_round_trip_through_json(module):
     assert module.load_settings(over).steps == 7
     with pytest.raises(ConfigError, match="unknown"):
         module.load_settings({**module.SCALES["smoke"], "depths": [1]})
-    with pytest.raises(dataclasses_frozen_error()):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         module.SETTINGS["smoke"].steps = 3
-
-
-def dataclasses_frozen_error():
-    import dataclasses
-
-    return dataclasses.FrozenInstanceError
 
 
 def test_plateau_rule():

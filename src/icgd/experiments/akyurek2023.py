@@ -259,8 +259,10 @@ def run(ctx: RunContext) -> dict:
 # ------------------------------------------------------------------------------------------------- report prose
 
 
-def what_was_run(s: Settings, scale: str) -> str:
-    """The "what was run" paragraph, from the settings of the run (at smoke scale: what the smoke run ran)."""
+def what_was_run(s: Settings | dict, scale: str) -> str:
+    """The "what was run" paragraph, from the settings of the run (typed, or the dict of ``metrics.json``); at smoke
+    scale it describes what the smoke run ran."""
+    s = load_settings(s) if isinstance(s, dict) else s
     models = ", ".join(f"{L} layer{'s' if L > 1 else ''} at σ = {x:g}" for L, x in s.models)
     cur = (f", a curriculum over dimensions {s.curriculum['dims_start']}→{s.curriculum['dims_end']} and points "
            f"{s.curriculum['points_start']}→{s.curriculum['points_end']} every {s.curriculum['interval']} steps"

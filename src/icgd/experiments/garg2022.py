@@ -239,8 +239,10 @@ def run(ctx: RunContext) -> dict:
 # ------------------------------------------------------------------------------------------------- report prose
 
 
-def what_was_run(s: Settings, scale: str) -> str:
-    """The "what was run" paragraph, from the settings of the run (at smoke scale: what the smoke run ran)."""
+def what_was_run(s: Settings | dict, scale: str) -> str:
+    """The "what was run" paragraph, from the settings of the run (typed, or the dict of ``metrics.json``); at smoke
+    scale it describes what the smoke run ran."""
+    s = load_settings(s) if isinstance(s, dict) else s
     cur = curriculum(s, s.d, s.n)
     smoke = (" This is the smoke scale: a check that the pipeline runs end to end, far too small for any verdict."
              if scale == "smoke" else "")
