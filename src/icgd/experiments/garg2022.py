@@ -65,7 +65,7 @@ SETTINGS = {
                       batch=64, lr=1e-3, warmup=5, curriculum=False, curriculum_interval=100, plateau=0.0,
                       eval_prompts=300, tune_prompts=200, lasso_alphas=(0.01, 0.1), garg_lasso=True, n_boot=200),
     # cpu: the sparse task at the linear task's dimension (d = 10 stayed at predict-zero); n = 2d + 1 examples
-    "cpu": Settings(d=6, n=13, sparse_d=6, sparse_k=2, sparse_n=13, n_layer=3, n_head=2, n_embd=64, steps=3000,
+    "cpu": Settings(d=6, n=13, sparse_d=6, sparse_k=2, sparse_n=13, n_layer=3, n_head=2, n_embd=64, steps=5000,
                     batch=64, lr=1e-3, warmup=200, curriculum=True, curriculum_interval=150, plateau=0.02,
                     eval_prompts=2000, tune_prompts=500, lasso_alphas=(0.001, 0.01, 0.1), garg_lasso=True,
                     n_boot=1000),
