@@ -78,3 +78,8 @@ class DTypeError(ICGDError, ValueError):
 
 class RunLockedError(ICGDError, RuntimeError):
     """Another process holds the run folder (``icgd train`` or ``--resume`` is running in it)."""
+
+
+class ConvergenceWarning(ICGDError, UserWarning):
+    """An iterative solver (e.g. :class:`icgd.learners.Lasso`) stopped at its iteration cap before reaching its
+    tolerance: the answer is returned but is not converged. Raise the cap or loosen the tolerance."""

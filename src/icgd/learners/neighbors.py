@@ -15,8 +15,11 @@ class KNN(Learner):
     Euclidean distances. ``weights="uniform"``: the mean of the k nearest targets; ``weights="distance"``: weights
     ``1/‖x_q − x_j‖`` (sklearn's, not the paper's 1/‖·‖²), and when some neighbours coincide with the query
     (distance 0) those get weight 1 and the others 0, as in sklearn. With fewer than k context pairs all of them
-    are used; the empty context predicts 0. Which pair wins a tie at the k-th distance is unspecified, as in
-    sklearn.
+    are used; the empty context predicts 0.
+
+    Ties: the neighbours are the first k pairs of a *stable* sort by distance, so among pairs at the same distance
+    the earlier one in the context (lower index) is taken (= the first k of ``np.argsort(dist, kind="stable")``).
+    sklearn and Garg et al.'s ``argsort`` leave the choice to the sorting algorithm.
     """
 
     name = "knn"
@@ -30,8 +33,9 @@ class KNN(Learner):
     def _combine(self, dist: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
         """Predictions ``(B, m, d_out)`` from distances ``(B, m, n)`` (inf = pair not in the context)."""
         B, m, n = dist.shape
-        dist, idx = torch.topk(dist, min(self.k, n), dim=-1, largest=False)
-        k = dist.shape[-1]
+        k = min(self.k, n)
+        dist, idx = torch.sort(dist, dim=-1, stable=True)  # ties: the earlier pair first
+        dist, idx = dist[..., :k], idx[..., :k]
         valid = torch.isfinite(dist)
         neigh = torch.gather(Y[:, None].expand(B, m, n, Y.shape[-1]), 2,
                              idx[..., None].expand(B, m, k, Y.shape[-1]))  # (B, m, k, d_out)
