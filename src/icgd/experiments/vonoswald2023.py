@@ -16,14 +16,13 @@ import math
 import time
 from dataclasses import dataclass
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
 from icgd.analysis import alignment_metrics, compare_lsa_weights
 from icgd.constructions import linear_gd, von_oswald_weights
 from icgd.errors import ConfigError
-from icgd.experiments.icl_common import half_mse, heatmap, rel_gap, sample, to_list, train_run, typed_settings, verdict
+from icgd.experiments.icl_common import half_mse, rel_gap, sample, to_list, train_run, typed_settings
 from icgd.experiments import vonoswald2023_report as text
 from icgd.experiments.report import Report
 from icgd.experiments.reproduce import RunContext

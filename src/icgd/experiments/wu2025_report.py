@@ -90,7 +90,7 @@ def _claim_shift(report: Report) -> None:
                   for a in s.attentions) +
         "; ridge " + " → ".join(f"{h[f'ridge_{st.key}_plateau']:.3f}" for st in _shifts()) +
         "; direct training " + " → ".join(f"{h[f'direct_{st.key}']:.3f}" for st in _shifts()) +
-        f". Largest drop: " + "; ".join(f"{a} {drops[a]:.3f}" for a in s.attentions) +
+        ". Largest drop: " + "; ".join(f"{a} {drops[a]:.3f}" for a in s.attentions) +
         f". Shift rule `{s.shift_rule}` (see What was run); label std over prompts " +
         " / ".join(f"{lab[st.key]['std']:.3g}" for st in _shifts()) + ".")
 
