@@ -39,7 +39,9 @@ def test_lsa_loss_matches_saved_weights(smoke):
     out, record = smoke
     one = record["metrics"]["one_layer"]
     s, X, Y, xq, yq = _val(record)
-    w = {k.split(".")[-1]: v[0].astype(np.float64) for k, v in load_file(out / "runs/lsa-1/model.safetensors").items()}
+    paper = {"W_q": "W_Q", "W_k": "W_K", "W_v": "W_V", "W_o": "P"}  # LinearAttention parameter → the paper's name
+    w = {paper[k.split(".")[-1]]: v[0].astype(np.float64)
+         for k, v in load_file(out / "runs/lsa-1/model.safetensors").items()}
     E = np.concatenate([X, Y], -1)  # context tokens (x_i, y_i)
     q = np.concatenate([xq, np.zeros_like(yq)], -1)  # query (x_q, 0)
     # e_q ← e_q + (1/n) P W_V Σ_i e_i e_iᵀ W_Kᵀ W_Q e_q ; prediction = −(y-slot of e_q)
