@@ -381,7 +381,7 @@ def test_construction_inputs():
     X, Y = torch.rand(4, 2) * 0.5, torch.rand(4, 1) * 0.5
     with pytest.raises(ShapeError, match="zero prompts"):
         model.predict(torch.zeros(0, 4, 2), torch.zeros(0, 4, 1), torch.zeros(0, 2, 2), w0)
-    with pytest.raises(ShapeError, match="x_query has last dimension 3"):
+    with pytest.raises(ShapeError, match=r"x_query has shape \(2, 3\), expected \('m', 2\)"):
         model.predict(X, Y, torch.zeros(2, 3), w0)
     with pytest.raises(DeviceError, match="meta"):
         model.predict(X.to("meta"), Y, torch.zeros(2, 2), w0)
@@ -495,7 +495,7 @@ def test_bad_reproduce_setting_leaves_no_folder(setting, needle, tmp_path, capsy
 def test_failure_inside_an_experiment_removes_its_empty_folder(tmp_path, capsys):
     out = tmp_path / "rep"
     assert_one_line_error(*run(["reproduce", "wu2025", "--set", "direct_positions=[40]", "--out", str(out)], capsys),
-                          "positions")
+                          "position")
     assert not out.exists()
 
 

@@ -351,6 +351,7 @@ def test_smoke_study_controls_and_report_follow_the_metrics(smoke_run):
     j = lens["candidates"].index("gd1")
     for key in ("r2", "r2_low", "r2_high"):
         lens[key] = [[0.9999 if c == j else 0.5 for c in range(len(row))] for row in lens[key]]
+    record["meta"]["scale"] = "cpu"  # judged as a cpu run (smoke verdicts read "not judged")
     (altered / "metrics.json").write_text(json.dumps(record))
     rebuild_report(altered)
     md2 = (altered / "report.md").read_text()

@@ -34,7 +34,8 @@ def test_smoke_writes_a_report_from_its_metrics(name, smoke_run):
     numbers = [v for v in flatten(record["metrics"]).values() if isinstance(v, float)]
     assert numbers, "an experiment must return measured numbers"
     md = (out / "report.md").read_text()
-    verdicts = md.split("## Verdicts")[1].split("\n## ")[0].strip().splitlines()[2:]
+    section = md.split("## Verdicts")[1].split("\n## ")[0].strip().splitlines()
+    verdicts = [row for row in section[2:] if row.startswith("| ")]  # the table's rows, not the prose after it
     assert verdicts and all(f"| {NOT_JUDGED} |" in row for row in verdicts), "smoke runs are not judged"
     assert not any(f"**{v}**" in row for v in VERDICTS for row in verdicts)
     assert SMOKE_LINE in md and md.index(SMOKE_LINE) < md.index("## Verdicts")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 
 import numpy as np
+import json
+
 import pytest
 from safetensors.numpy import load_file
 
@@ -153,5 +155,9 @@ def test_typed_settings_reject_bad_overrides(override, message):
 
     for scale in ("smoke", "cpu", "paper"):  # the stored form round-trips to the typed settings
         assert Settings.from_dict(settings_for("vonoswald2023", scale)) == SCALES[scale]
-    with pytest.raises(ConfigError, match=message):
+    key, _, value = override[0].partition("=")
+    raw = {**settings_for("vonoswald2023", "smoke"), key: json.loads(value) if value != "abc" else value}
+    with pytest.raises(ConfigError, match=message):  # the typed settings name what is wrong
+        Settings.from_dict(raw)
+    with pytest.raises(ConfigError):  # and `--set` refuses it too, before anything runs
         Settings.from_dict(settings_for("vonoswald2023", "smoke", override))

@@ -162,28 +162,27 @@ def demo(
 # ---------------------------------------------------------------------------------------------------- construct
 
 DEEP = "deep"
-OTHER_KINDS = ("linear", "gdpp", "ridge", "sgd", "functional", "convex")  # registry names besides deep
-# which kinds each kind-specific option applies to; any other option applies to every kind
-APPLIES = {
-    "--depth": {DEEP}, "--width": {DEEP}, "--d-out": {DEEP}, "--activation": {DEEP}, "--box": {DEEP},
-    "--sweep": {DEEP}, "--out": {DEEP}, "--data": {DEEP}, "--targets": {DEEP}, "--device": {DEEP},
-    "--steps": {DEEP, "linear", "gdpp", "functional", "convex"},
-    "--eta": {DEEP, "linear", "gdpp", "sgd", "functional", "convex"},
-    "--gamma": {"gdpp"}, "--lam": {"ridge", "sgd", "convex"}, "--variant": {"ridge", "sgd"},
-    "--kernel": {"functional"}, "--bandwidth": {"functional"}, "--loss": {"convex"},
-    "--knots": {DEEP, "convex"},
-}
+DEEP_ONLY = ("--sweep", "--out", "--data", "--targets", "--device")  # the deep command's plots, data and device
 NOT_WITH_DATA = ("--d-in", "--d-out", "--n", "--sweep")  # deep --data: these come from the file
 
 
+def _flags(kind: str) -> set[str]:
+    """The options `kind` uses: the registry's common options and its own, plus the deep command's extras."""
+    from icgd.constructions.registry import COMMON, get
+
+    names = {**COMMON, **get(kind).options}
+    return {"--" + k.replace("_", "-") for k in names} | (set(DEEP_ONLY) if kind == DEEP else set())
+
+
 def _check_applies(kind: str, given: dict[str, object]) -> None:
-    """Refuse options that the chosen kind would silently ignore."""
-    if kind != DEEP and kind not in OTHER_KINDS:
-        raise ICGDError(f"unknown construction {kind!r}; available: {DEEP}, {', '.join(OTHER_KINDS)}")
+    """Refuse options that the chosen kind would silently ignore (an unknown kind lists the registry)."""
+    from icgd.constructions.registry import REGISTRY
+
+    usable = _flags(kind)
     for flag, value in given.items():
-        if value is None or kind in APPLIES.get(flag, {kind}):
+        if value is None or flag in usable:
             continue
-        kinds = ", ".join(k for k in (DEEP, *OTHER_KINDS) if k in APPLIES[flag])
+        kinds = ", ".join(k for k in REGISTRY if flag in _flags(k))
         raise ICGDError(f"{flag} does not apply to `icgd construct {kind}` (it is used by: {kinds}); drop it")
     if kind == "convex" and given.get("--knots") is not None and given.get("--loss") != "logistic":
         raise ICGDError("--knots applies to `icgd construct convex` only with --loss logistic (the squared loss "
@@ -205,8 +204,9 @@ def _check_applies(kind: str, given: dict[str, object]) -> None:
     ("icgd construct functional --kernel exp", "Cheng et al.: kernel attention runs functional GD"),
 ], no_args_is_help=False)
 def construct(
-    kind: str = typer.Argument(DEEP, help="deep (Wu et al.), linear / gdpp (von Oswald et al.), ridge / sgd "
-                                          "(Akyürek et al.), functional (Cheng et al.), convex (Bai et al.)"),
+    kind: str = typer.Argument(DEEP, help="deep / deep_softmax (Wu et al.), linear / gdpp (von Oswald et al.), "
+                                          "ridge / sgd (Akyürek et al.), functional (Cheng et al.), convex (Bai et "
+                                          "al.): the names of icgd.constructions.registry"),
     depth: Optional[int] = typer.Option(None, "--depth", help="deep: N, weight layers of the trained network "
                                                               "\\[default: 3]"),
     width: Optional[int] = typer.Option(None, "--width", help="deep: K, its hidden width \\[default: 8]"),
@@ -259,9 +259,9 @@ def construct(
     for flag, value in (("--steps", steps), ("--n", n), ("--d-in", d_in)):
         if value is not None:
             positive_int(value, flag)
-    if kind != DEEP:
-        return _construct_other(kind, seed, all_layers, d_in=d_in, n=n, steps=steps, eta=eta, gamma=gamma, lam=lam,
-                                kernel=kernel, bandwidth=bandwidth, loss=loss, knots=knots, variant=variant)
+    if kind != DEEP:  # every other registry entry: checked against its reference learner
+        return _construct_other(kind, seed, all_layers,
+                                **{flag[2:].replace("-", "_"): v for flag, v in given.items() if v is not None})
     deep = dict(depth=3 if depth is None else depth, width=8 if width is None else width,
                 activation=activation or "sigmoid",
                 steps=10 if steps is None else steps, eta=2.0 if eta is None else eta,

@@ -62,15 +62,8 @@ def memory_limit(device: str | torch.device | None = None) -> int | None:
     """The limit in bytes for work on `device` (see the module docstring); None when there is no limit."""
     raw = os.environ.get(ENV, "").strip()
     if raw:
-        if raw.lower() in ("off", "none", "0"):
-            return None
-        try:
-            value = float(raw)
-        except ValueError:
-            value = float("nan")
-        if not (value > 0 and value != float("inf")):
-            raise ConfigError(f"{ENV} must be a positive number of GiB or 'off', got {raw!r}")
-        return int(value * GIB)
+        value = _env_limit(ENV, raw, "GiB")
+        return None if value is None else int(value * GIB)
     dev = torch.device(device) if device is not None else torch.device("cpu")
     if dev.type == "cuda" and torch.cuda.is_available():
         return int(torch.cuda.get_device_properties(dev.index or 0).total_memory)
@@ -82,6 +75,12 @@ def time_limit() -> float | None:
     raw = os.environ.get(TIME_ENV, "").strip()
     if not raw:
         return DEFAULT_HOURS * 3600.0
+    value = _env_limit(TIME_ENV, raw, "hours")
+    return None if value is None else value * 3600.0
+
+
+def _env_limit(name: str, raw: str, unit: str) -> float | None:
+    """A limit set in the environment: a positive finite number of `unit`, or None for 'off' (also 'none', '0')."""
     if raw.lower() in ("off", "none", "0"):
         return None
     try:
@@ -89,8 +88,8 @@ def time_limit() -> float | None:
     except ValueError:
         value = float("nan")
     if not (value > 0 and value != float("inf")):
-        raise ConfigError(f"{TIME_ENV} must be a positive number of hours or 'off', got {raw!r}")
-    return value * 3600.0
+        raise ConfigError(f"{name} must be a positive number of {unit} or 'off', got {raw!r}")
+    return value
 
 
 def duration(seconds: float) -> str:

@@ -88,7 +88,7 @@ def settings_for(name: str, scale: str, overrides: list[str] | None = None) -> d
             settings[key] = json.loads(value)
         except json.JSONDecodeError:
             settings[key] = value
-        _check_override(name, key, settings[key], dict(load_experiment(name).SCALES[scale])[key])
+        _check_override(name, key, settings[key], raw[key])
     return settings
 
 
