@@ -122,9 +122,11 @@ def test_lens_of_the_last_layer_is_the_models_own_prediction():
     X, Y, xq, _ = linear_prompts(B=30, n=8, m=3, seed=5)
     g = torch.Generator().manual_seed(0)
     for model in (ICLTransformer(D, n_layer=2, n_head=2, n_embd=16, max_points=9, generator=g).double().eval(),
-                  LSA(D, n_layer=2, init_std=0.3, generator=g).double()):
+                  LSA(D, n_layer=2, init_std=0.3, generator=g).double(),
+                  LSA(D, n_layer=3, shared=True, init_std=0.3, generator=g).double()):  # passes are its layers
         cands = gd_candidates(0.5, 2)
         al = layer_alignment(model, X, Y, xq, cands, n_boot=20)
+        assert len(al.layers) == getattr(model, "n_layer", 2)
         with torch.no_grad():
             out = model(X, Y, xq).numpy()
         for j, c in enumerate(cands.values()):

@@ -52,7 +52,6 @@ __all__ = ["Alignment", "NTKRegression", "StudentGD", "analyze_run", "candidate_
 
 # ================================================================================================================
 # ADAPTER: everything that knows hook names and each model's read-out lives in this section.
-# (Switching to unified hook names means editing _Reader subclasses only.)
 # ================================================================================================================
 
 
@@ -72,6 +71,15 @@ class _Reader:
 
     def read(self, stream: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def _resid_names(self) -> list[str]:
+        """A trained model's stream after every block, in execution order: ``[loop.{k}.]blocks.{i}.hook_resid_post``
+        (a looped model, or a shared-weight LSA, has one per pass)."""
+        return [n for n in self.model.hook_names() if n.endswith("hook_resid_post")]
+
+    def _resid_streams(self, X, Y, xq) -> list[torch.Tensor]:
+        _, cache = self.model.run_with_cache(X, Y, xq, names_filter=lambda s: s.endswith("hook_resid_post"))
+        return [cache[n] for n in self._resid_names()]
 
 
 class _PromptModelReader(_Reader):
@@ -122,14 +130,14 @@ class _DeepGDReader(_Reader):
 
 
 class _LSAReader(_Reader):
-    """von Oswald's :class:`~icgd.models.LSA`: hooks ``blocks.{i}.hook_resid_post``; read-out ``−y`` slot."""
+    """von Oswald's :class:`~icgd.models.LSA`: hooks ``[loop.{k}.]blocks.{i}.hook_resid_post`` (a shared-weight LSA
+    runs one block per pass: its passes are its layers); read-out ``−y`` slot."""
 
     def labels(self):
-        return [f"layer {i + 1}" for i in range(self.model.n_layer)]
+        return [f"layer {i + 1}" for i in range(len(self._resid_names()))]
 
     def streams(self, X, Y, xq, w0):
-        _, cache = self.model.run_with_cache(X, Y, xq, names_filter=lambda s: s.endswith("hook_resid_post"))
-        return [cache[f"blocks.{i}.hook_resid_post"][:, X.shape[1]:] for i in range(self.model.n_layer)]
+        return [h[:, X.shape[1]:] for h in self._resid_streams(X, Y, xq)]
 
     def read(self, stream):
         return -stream[..., self.model.d_in:]
@@ -139,19 +147,15 @@ class _ICLReader(_Reader):
     """:class:`~icgd.models.ICLTransformer`: hooks ``[loop.{k}.]blocks.{i}.hook_resid_post`` (every token is kept
     while the last block is hooked); lens = ``read_out(ln_f(h))`` at the query tokens (the last m tokens)."""
 
-    def _names(self) -> list[str]:
-        return [n for n in self.model.hook_names() if n.endswith("hook_resid_post")]
-
     def labels(self):
         out = []
-        for name in self._names():
+        for name in self._resid_names():
             m = re.fullmatch(r"(?:loop\.(\d+)\.)?blocks\.(\d+)\.hook_resid_post", name)
             out.append((f"pass {int(m.group(1)) + 1} " if m.group(1) else "") + f"block {int(m.group(2)) + 1}")
         return out
 
     def streams(self, X, Y, xq, w0):
-        _, cache = self.model.run_with_cache(X, Y, xq, names_filter=lambda s: s.endswith("hook_resid_post"))
-        return [cache[n][:, -xq.shape[1]:] for n in self._names()]
+        return [h[:, -xq.shape[1]:] for h in self._resid_streams(X, Y, xq)]
 
     def read(self, stream):
         return self.model.read_out(self.model.ln_f(stream))
