@@ -312,10 +312,6 @@ def _rows(m: dict, noise: float) -> list[dict]:
     return sorted((r for r in m["models"] if r["noise"] == noise), key=lambda r: r["depth"])
 
 
-def _best(row: dict, key: str = "mean") -> str:
-    return min(row["spd"], key=lambda k: row["spd"][k][key])
-
-
 def _trend(r: dict) -> str:
     c = r["curve"]
     if len(c["step"]) < 2:

@@ -24,10 +24,6 @@ def sources() -> list[dict]:
     return json.loads((DATA_DIR / "vonoswald2023.json").read_text())["values"]
 
 
-def _deep_label(r: dict) -> str:
-    return f"a {r['layers']}-layer {'recurrent' if r['shared'] else 'non-recurrent'} LSA ({r['steps']} steps)"
-
-
 def what_was_run(s, scale: str) -> str:
     """What this run trained and measured, from its settings."""
     deep = ", ".join(f"a {d.layers}-layer {'recurrent' if d.shared else 'non-recurrent'} LSA ({d.steps} steps of "
