@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from icgd.experiments.akyurek2023 import _task, load_settings
+from icgd.experiments.akyurek2023 import Settings, _task
+from icgd.experiments.settings import load
 from icgd.experiments.icl_common import sample
 from icgd.train import TrainConfig, load_checkpoint
 from icgd.train.loop import build_model
@@ -31,7 +32,7 @@ def _ols_prefix(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
 
 def test_spd_to_ols_recomputed_by_hand(smoke, one_thread):
     out, record = smoke
-    s, seed = load_settings(record["settings"]), record["meta"]["seed"]
+    s, seed = load(Settings, record["settings"]), record["meta"]["seed"]
     row = next(r for r in record["metrics"]["models"] if r["depth"] == max(s.depths(0.0)) and r["noise"] == 0.0)
     p = sample(_task(s, 0.0), s.eval_prompts, s.n, m=0, seed=seed, step=2)
     run = out / "runs" / f"L{row['depth']}-noise0"
@@ -61,7 +62,7 @@ def test_spd_to_ols_recomputed_by_hand(smoke, one_thread):
 def test_probe_targets_and_controls_are_reported(smoke):
     out, record = smoke
     m = record["metrics"]
-    L = max(depth for depth, _ in load_settings(record["settings"]).models)
+    L = max(depth for depth, _ in load(Settings, record["settings"]).models)
     for r in m["models"]:
         if r["noise"] == 0.0:
             assert len(r["probes"]["w_ols"]["r2"]) == r["depth"] + 1  # embedding + every block

@@ -10,12 +10,13 @@ import torch
 
 from icgd.constructions import functional_gd
 from icgd.experiments import cheng2024 as exp
+from icgd.experiments.settings import load
 
 
 @pytest.fixture
 def smoke(smoke_run):
     out, record = smoke_run("cheng2024")
-    return exp.Settings.from_dict(record["settings"]), record["meta"]["seed"], record["metrics"]
+    return load(exp.Settings, record["settings"]), record["meta"]["seed"], record["metrics"]
 
 
 def _kernel(kind: str, A: np.ndarray, B: np.ndarray) -> np.ndarray:

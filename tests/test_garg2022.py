@@ -10,6 +10,7 @@ import torch
 
 from icgd.experiments import garg2022 as exp
 from icgd.experiments.reproduce import RunContext
+from icgd.experiments.settings import load
 from icgd.train import TrainConfig, load_checkpoint
 from icgd.train.loop import build_model
 
@@ -17,7 +18,7 @@ from icgd.train.loop import build_model
 @pytest.fixture
 def smoke(smoke_run):
     out, record = smoke_run("garg2022")
-    s = exp.load_settings(record["settings"])
+    s = load(exp.Settings, record["settings"])
     return s, RunContext("garg2022", "smoke", record["settings"], out, seed=record["meta"]["seed"]), record["metrics"]
 
 

@@ -15,6 +15,7 @@ from icgd.experiments import akyurek2023, garg2022
 from icgd.experiments.compute_estimate import TrainShape, estimate
 from icgd.experiments.plateau import Plateau
 from icgd.experiments.reproduce import settings_for
+from icgd.experiments.settings import load
 from icgd.models import ICLTransformer
 
 
@@ -22,11 +23,11 @@ from icgd.models import ICLTransformer
 def test_settings_round_trip_through_json(module):
     for scale, typed in module.SETTINGS.items():
         raw = json.loads(json.dumps(module.SCALES[scale]))  # what metrics.json holds
-        assert module.load_settings(raw) == typed
+        assert load(module.Settings, raw) == typed
     over = settings_for(module.__name__.rsplit(".", 1)[1], "smoke", ["steps=7"])
-    assert module.load_settings(over).steps == 7
-    with pytest.raises(ConfigError, match="unknown"):
-        module.load_settings({**module.SCALES["smoke"], "depths": [1]})
+    assert load(module.Settings, over).steps == 7
+    with pytest.raises(ConfigError, match="unknown setting"):
+        load(module.Settings, {**module.SCALES["smoke"], "depths": [1]})
     with pytest.raises(dataclasses.FrozenInstanceError):
         module.SETTINGS["smoke"].steps = 3
 

@@ -11,6 +11,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from icgd.experiments.icl_common import sample
+from icgd.experiments.settings import load
 from icgd.experiments.vonoswald2023 import Settings, _task
 
 
@@ -20,7 +21,7 @@ def smoke(smoke_run):
 
 
 def _val(record):
-    s = Settings.from_dict(record["settings"])
+    s = load(Settings, record["settings"])
     p = sample(_task(s), s.eval_tasks, s.n, seed=record["meta"]["seed"], step=2)
     return s, p.X.numpy(), p.Y.numpy(), p.x_query.numpy(), p.y_query.numpy()
 
@@ -145,19 +146,22 @@ def test_provenance_kinds_and_paper_column(smoke):
 
 
 @pytest.mark.parametrize("override, message", [
-    (["steps=abc"], "'steps' must be a int"), (["deep=[{\"layers\": 2}]"], "missing settings"),
-    (["deep=[3]"], "each entry of 'deep'"), (["ood_alphas=1"], "must be a list"), (["lr=true"], "'lr' must be a float"),
+    (["steps=abc"], r"setting 'steps' must be an int, got 'abc'"),
+    (["deep=[{\"layers\": 2}]"], r"vonoswald2023.Settings deep\[0\]: missing setting\(s\) shared, steps, lr"),
+    (["deep=[3]"], r"setting 'deep\[0\]' must be an object \{layers, shared"),
+    (["ood_alphas=1"], r"setting 'ood_alphas' must be a list of float"),
+    (["lr=true"], r"setting 'lr' must be a float \(or int\), got True"),
 ])
 def test_typed_settings_reject_bad_overrides(override, message):
     from icgd.errors import ConfigError
     from icgd.experiments.reproduce import settings_for
-    from icgd.experiments.vonoswald2023 import SCALES
+    from icgd.experiments.vonoswald2023 import SETTINGS
 
     for scale in ("smoke", "cpu", "paper"):  # the stored form round-trips to the typed settings
-        assert Settings.from_dict(settings_for("vonoswald2023", scale)) == SCALES[scale]
+        assert load(Settings, settings_for("vonoswald2023", scale)) == SETTINGS[scale]
     key, _, value = override[0].partition("=")
     raw = {**settings_for("vonoswald2023", "smoke"), key: json.loads(value) if value != "abc" else value}
     with pytest.raises(ConfigError, match=message):  # the typed settings name what is wrong
-        Settings.from_dict(raw)
+        load(Settings, raw)
     with pytest.raises(ConfigError):  # and `--set` refuses it too, before anything runs
-        Settings.from_dict(settings_for("vonoswald2023", "smoke", override))
+        settings_for("vonoswald2023", "smoke", override)

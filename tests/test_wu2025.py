@@ -14,6 +14,7 @@ import torch
 from icgd.errors import ConfigError
 from icgd.experiments import wu2025
 from icgd.experiments.reproduce import run_experiment, settings_for
+from icgd.experiments.settings import as_dict, load
 from icgd.experiments.wu2025_report import depth_verdict
 from icgd.learners import gd_trajectory
 from icgd.models import ICLTransformer
@@ -49,22 +50,22 @@ def test_settings_are_typed_per_scale_and_cover_the_papers_test_distributions():
     assert set(TEST_MIXTURES) <= {s.mixture for s in wu2025.settings_list()}
     assert {s.mu for s in wu2025.settings_list()} == set(PARAM_SHIFTS)
     for scale, s in wu2025.SETTINGS.items():
-        assert dataclasses.is_dataclass(s) and wu2025.SCALES[scale] == s.as_dict()
-        assert wu2025.WuSettings.from_dict(json.loads(json.dumps(s.as_dict()))) == s
+        assert dataclasses.is_dataclass(s) and wu2025.SCALES[scale] == as_dict(s)
+        assert load(wu2025.WuSettings, json.loads(json.dumps(as_dict(s)))) == s
         assert s.n_test > s.n_points, "longer prompts than in training are part of the experiment"
         assert len(s.depth_layers) >= 2 and s.n_layer in s.depth_layers
         with pytest.raises(dataclasses.FrozenInstanceError):
             s.steps = 1
     assert len(wu2025.SETTINGS["cpu"].depth_layers) >= 3
     with pytest.raises(ConfigError, match="unknown setting"):
-        wu2025.WuSettings.from_dict({**wu2025.SCALES["cpu"], "stpes": 3})
+        load(wu2025.WuSettings, {**wu2025.SCALES["cpu"], "stpes": 3})
     with pytest.raises(ConfigError, match="below n_test"):
         dataclasses.replace(wu2025.SETTINGS["cpu"], direct_positions=(5, 46))
 
 
 def test_reported_ridge_curve_plateau_and_construction_match_a_recomputation(tiny_run, one_thread):
     out, record = tiny_run
-    s = wu2025.WuSettings.from_dict(record["settings"])
+    s = load(wu2025.WuSettings, record["settings"])
     assert record["settings"] == settings_for("wu2025", "smoke", TINY)
     m = record["metrics"]
     p = wu2025.test_prompts(s, wu2025.settings_list()[0], 0, record["meta"]["seed"])

@@ -89,10 +89,6 @@ PROBE_R2 = 0.3  # "decodable": a held-out probe R² of at least this, in a block
 TARGET_RATIO = 2.0  # cpu target: deepest noiseless model's position-averaged error at most this × OLS's
 
 
-def load_settings(raw: dict) -> Settings:
-    return settings_io.load(Settings, raw)
-
-
 # ------------------------------------------------------------------------------------------------- computation
 
 
@@ -237,7 +233,7 @@ def headline(rows: list[dict]) -> dict:
 
 
 def run(ctx: RunContext) -> dict:
-    s = load_settings(ctx.settings)
+    s = settings_io.load(Settings, ctx.settings)
     rows = []
     for noise in s.noises:
         task = _task(s, noise)
@@ -262,7 +258,7 @@ def run(ctx: RunContext) -> dict:
 def what_was_run(s: Settings | dict, scale: str) -> str:
     """The "what was run" paragraph, from the settings of the run (typed, or the dict of ``metrics.json``); at smoke
     scale it describes what the smoke run ran."""
-    s = load_settings(s) if isinstance(s, dict) else s
+    s = settings_io.load(Settings, s) if isinstance(s, dict) else s
     models = ", ".join(f"{L} layer{'s' if L > 1 else ''} at σ = {x:g}" for L, x in s.models)
     cur = (f", a curriculum over dimensions {s.curriculum['dims_start']}→{s.curriculum['dims_end']} and points "
            f"{s.curriculum['points_start']}→{s.curriculum['points_end']} every {s.curriculum['interval']} steps"
@@ -577,7 +573,7 @@ def _fig_training(report: Report) -> None:
 
 
 def render(report: Report) -> None:
-    s = load_settings(report.settings)
+    s = settings_io.load(Settings, report.settings)
     scale = report.meta.get("scale", "")
     report.text(what_was_run(s, scale))
     if scale != "paper":

@@ -35,7 +35,8 @@ from torch import nn
 
 from icgd.constructions import functional_gd
 from icgd.errors import ConfigError
-from icgd.experiments.icl_common import sample, typed_settings, verdict
+from icgd.experiments import settings as settings_io
+from icgd.experiments.icl_common import sample, verdict
 from icgd.experiments.report import Report
 from icgd.experiments.reproduce import RunContext
 from icgd.learners import KernelRegression
@@ -73,18 +74,14 @@ class Settings:
     clip: float = 1.0
     init_std: float = 0.01
 
-    @classmethod
-    def from_dict(cls, raw: dict) -> Settings:
-        """From plain JSON values (``metrics.json``, ``--set``); a wrongly typed or unknown key is a ConfigError."""
-        s = cls(**typed_settings(cls, raw, SCALES["cpu"], "cheng2024"))
-        for name in (*s.kernels, *s.activations):
-            if name not in ACTIVATIONS or (name in s.kernels and name not in KINDS):
+    def __post_init__(self) -> None:
+        for name in (*self.kernels, *self.activations):
+            if name not in ACTIVATIONS or (name in self.kernels and name not in KINDS):
                 raise ConfigError(f"cheng2024: unknown kernel or activation {name!r}; data kernels: "
                                   f"{', '.join(KINDS)}; activations: {', '.join(ACTIVATIONS)}")
-        return s
 
 
-SCALES = {
+SETTINGS = {
     "smoke": Settings(ns=(6,), layers=2, steps=30, batch=200, lr=0.02, eval_prompts=600, tune_prompts=300,
                       eta_grid=10, impl_n=6, impl_steps=30),
     "cpu": Settings(ns=(6, 14), layers=3, steps=600, batch=1000, lr=0.02, eval_prompts=10000, tune_prompts=3000,
@@ -92,6 +89,7 @@ SCALES = {
     "paper": Settings(ns=(2, 4, 6, 8, 10, 12, 14), layers=3, steps=20000, batch=30000, lr=0.001,
                       eval_prompts=30000, tune_prompts=10000, eta_grid=60, impl_n=14, impl_steps=20000),
 }
+SCALES = settings_io.as_scales(SETTINGS)  # the JSON form `icgd reproduce` works with
 
 
 # ------------------------------------------------------------------------------------------------- the model
@@ -368,7 +366,7 @@ def run_implementation(ctx: RunContext, s: Settings) -> dict:
 
 
 def run(ctx: RunContext) -> dict:
-    s = Settings.from_dict(ctx.settings)
+    s = settings_io.load(Settings, ctx.settings)
     cpu0 = time.process_time()
     tables = [run_one_n(ctx, s, int(n), slot) for slot, n in enumerate(s.ns)]
     impl = run_implementation(ctx, s) if s.impl_n else None
@@ -445,7 +443,7 @@ def paper_scale_estimate(meta: dict, s: Settings, cpu_seconds: float | None) -> 
     if not (secs > 0 and work > 0):
         return ""
     rate = work / secs
-    paper_work = _work(SCALES["paper"])
+    paper_work = _work(SETTINGS["paper"])
     cpu_h = paper_work / rate / 3600
     return (f"**Paper scale, estimated.** This run did {work:.3g} prompt-layer-steps (training prompts × layers × "
             f"(n + 1)², tables and implementation test) in {secs:.0f} s of CPU time on one thread (process time, "
@@ -716,7 +714,7 @@ def _join(v, digits: int) -> str:
 
 
 def render(report: Report) -> None:
-    s, scale = Settings.from_dict(report.settings), report.meta.get("scale", "")
+    s, scale = settings_io.load(Settings, report.settings), report.meta.get("scale", "")
     report.text(what_was_run(s, scale))
     if scale != "paper":
         report.text(reduced_vs_paper(s))

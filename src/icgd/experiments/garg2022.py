@@ -83,10 +83,6 @@ THEORY_D = 20  # the paper's dimension, at which its averaging curve is compared
 GARG_LASSO_PROMPTS = 500  # held-out prompts on which Garg et al.'s scikit-learn lasso call is also run
 
 
-def load_settings(raw: dict) -> Settings:
-    return settings_io.load(Settings, raw)
-
-
 # ------------------------------------------------------------------------------------------------- computation
 
 
@@ -225,7 +221,7 @@ def headline(m: dict, s: Settings) -> dict:
 
 
 def run(ctx: RunContext) -> dict:
-    s = load_settings(ctx.settings)
+    s = settings_io.load(Settings, ctx.settings)
     ctx.log("garg2022: linear regression")
     lin = _train(ctx, s, "linear", "linear", {}, s.d, s.n)
     linear = evaluate(ctx, s, lin, linear_task(s), s.n, float(s.d),
@@ -242,7 +238,7 @@ def run(ctx: RunContext) -> dict:
 def what_was_run(s: Settings | dict, scale: str) -> str:
     """The "what was run" paragraph, from the settings of the run (typed, or the dict of ``metrics.json``); at smoke
     scale it describes what the smoke run ran."""
-    s = load_settings(s) if isinstance(s, dict) else s
+    s = settings_io.load(Settings, s) if isinstance(s, dict) else s
     cur = curriculum(s, s.d, s.n)
     smoke = (" This is the smoke scale: a check that the pipeline runs end to end, far too small for any verdict."
              if scale == "smoke" else "")
@@ -433,7 +429,7 @@ def _garg_lasso_text(report: Report, s: Settings) -> None:
 
 
 def render(report: Report) -> None:
-    s = load_settings(report.settings)
+    s = settings_io.load(Settings, report.settings)
     m, scale = report.metrics, report.meta.get("scale", "")
     report.text(what_was_run(s, scale))
     if scale != "paper":

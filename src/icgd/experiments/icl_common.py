@@ -107,29 +107,3 @@ def to_list(t: torch.Tensor, digits: int = 6) -> list:
     """A tensor as nested lists of floats (rounded, for metrics.json)."""
     return [[round(float(v), digits) for v in row] for row in t.detach().double().cpu()] if t.dim() == 2 \
         else [round(float(v), digits) for v in t.detach().double().cpu()]
-
-
-def typed_settings(cls, raw: dict, reference, name: str):
-    """A frozen settings dataclass `cls` from the plain JSON values of a ``metrics.json`` or ``--set`` overrides:
-    lists become tuples, and every value must have the type of the same field of `reference` (an instance of `cls`;
-    an int is accepted for a float). Raises ConfigError naming the setting otherwise."""
-    from dataclasses import MISSING, fields
-
-    names = {f.name for f in fields(cls)}
-    unknown = set(raw) - names
-    if unknown:
-        raise ConfigError(f"{name}: unknown settings {sorted(unknown)}; known: {', '.join(sorted(names))}")
-    missing = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
-               and f.name not in raw]
-    if missing:
-        raise ConfigError(f"{name}: missing settings {missing}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
-    for key, value in values.items():
-        want = type(getattr(reference, key))
-        ok = isinstance(value, want) and not (isinstance(value, bool) and want is not bool)
-        if want is float and isinstance(value, int) and not isinstance(value, bool):
-            ok = True
-        if not ok:
-            kind = "list" if want is tuple else want.__name__
-            raise ConfigError(f"{name}: setting {key!r} must be a {kind}, got {value!r}")
-    return values

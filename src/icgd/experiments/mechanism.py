@@ -16,12 +16,13 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from icgd.experiments import settings as settings_io
 from icgd.experiments.icl_common import sample, train_run
 from icgd.experiments.report import Report
 from icgd.experiments.reproduce import RunContext
@@ -45,7 +46,7 @@ class MechanismSettings:
     lsa_d: int = 5
     lsa_n: int = 10
     lsa_x_scale: float = 0.5
-    lsa_layers: tuple = (1, 2, 3, 4)
+    lsa_layers: tuple[int, ...] = (1, 2, 3, 4)
     lsa_steps: int = 800
     lsa_batch: int = 512
     lsa_lr: float = 0.03
@@ -58,47 +59,35 @@ class MechanismSettings:
     gpt_steps: int = 4000
     gpt_batch: int = 64
     gpt_lr: float = 2e-3
-    gpt_attentions: tuple = ("softmax", "relu")
+    gpt_attentions: tuple[str, ...] = ("softmax", "relu")
     # Wu's teacher: a depth-`wu_depth` ReLU network of width 100, inputs N(mixture_mean·1, I) (mean 0: ridge loses)
     wu_d: int = 2
     wu_depth: int = 2
     wu_mixture_mean: float = 0.0
     wu_points: int = 16
     wu_steps: int = 2500
-    wu_attentions: tuple = ("relu", "softmax")
-    student_widths: tuple = (4, 32, 128)
-    student_steps: tuple = (1, 8, 64, 256)
+    wu_attentions: tuple[str, ...] = ("relu", "softmax")
+    student_widths: tuple[int, ...] = (4, 32, 128)
+    student_steps: tuple[int, ...] = (1, 8, 64, 256)
     direct_epochs: int = 100
     # negative controls: models trained on labels shuffled within each prompt
     shuffled_lsa_layers: int = 2
     shuffled_gpt: bool = True
 
-    @classmethod
-    def from_dict(cls, d: dict) -> MechanismSettings:
-        kw = {f.name: (tuple(d[f.name]) if isinstance(d[f.name], list) else d[f.name]) for f in fields(cls)
-              if f.name in d}
-        return cls(**kw)
 
-
-def _plain(settings: MechanismSettings) -> dict:
-    """JSON values (tuples become lists), as metrics.json stores them."""
-    return json.loads(json.dumps(asdict(settings)))
-
-
-SCALES = {
-    "smoke": _plain(MechanismSettings(eval_prompts=200, tune_prompts=128, probe_prompts=200, n_boot=200,
-                                      lsa_layers=(1, 2), lsa_steps=150, lsa_batch=256, gpt_layers=2, gpt_embd=32,
-                                      gpt_steps=60, gpt_attentions=("softmax",), wu_steps=40,
-                                      wu_attentions=("relu",), student_widths=(4,), student_steps=(1, 8),
-                                      direct_epochs=20, shuffled_gpt=False)),
-    "cpu": _plain(MechanismSettings()),
-    "paper": _plain(MechanismSettings(eval_prompts=4000, tune_prompts=2000, probe_prompts=4000,
-                                      lsa_d=10, lsa_layers=(1, 2, 3, 4, 5), lsa_steps=20000, lsa_batch=2048,
-                                      lsa_lr=1e-3, gpt_d=10, gpt_points=21, gpt_layers=8, gpt_heads=4,
-                                      gpt_embd=128, gpt_steps=100000, gpt_lr=2e-4, wu_d=5, wu_depth=3,
-                                      wu_points=31, wu_steps=100000, student_widths=(8, 32, 128),
-                                      student_steps=(1, 8, 64, 256))),
+SETTINGS = {
+    "smoke": MechanismSettings(eval_prompts=200, tune_prompts=128, probe_prompts=200, n_boot=200, lsa_layers=(1, 2),
+                               lsa_steps=150, lsa_batch=256, gpt_layers=2, gpt_embd=32, gpt_steps=60,
+                               gpt_attentions=("softmax",), wu_steps=40, wu_attentions=("relu",),
+                               student_widths=(4,), student_steps=(1, 8), direct_epochs=20, shuffled_gpt=False),
+    "cpu": MechanismSettings(),
+    "paper": MechanismSettings(eval_prompts=4000, tune_prompts=2000, probe_prompts=4000, lsa_d=10,
+                               lsa_layers=(1, 2, 3, 4, 5), lsa_steps=20000, lsa_batch=2048, lsa_lr=1e-3, gpt_d=10,
+                               gpt_points=21, gpt_layers=8, gpt_heads=4, gpt_embd=128, gpt_steps=100000, gpt_lr=2e-4,
+                               wu_d=5, wu_depth=3, wu_points=31, wu_steps=100000, student_widths=(8, 32, 128),
+                               student_steps=(1, 8, 64, 256)),
 }
+SCALES = settings_io.as_scales(SETTINGS)  # the JSON form `icgd reproduce` works with
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -428,7 +417,7 @@ def wu_setting_check(prompts: Prompts, cands: dict) -> dict:
 
 
 def run(ctx: RunContext) -> dict:
-    s = MechanismSettings.from_dict(ctx.settings)
+    s = settings_io.load(MechanismSettings, ctx.settings)
     t0 = time.perf_counter()
     fam = _families(ctx, s)
     ctx.log("  candidates: line searches on the tuning prompts")
@@ -621,7 +610,7 @@ def fmt_max(al: dict) -> str:
 
 
 def render(r: Report) -> None:
-    s, m = MechanismSettings.from_dict(r.settings), r.metrics
+    s, m = settings_io.load(MechanismSettings, r.settings), r.metrics
     r.text(_what_was_run(r, s))
     ws = m.get("wu_setting", {})
     if ws:

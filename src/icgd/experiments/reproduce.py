@@ -2,7 +2,10 @@
 
 Each experiment is a module ``icgd.experiments.<NAME>`` with
 
-- ``TITLE`` (str) and ``SCALES``: ``{"smoke": {...}, "cpu": {...}, "paper": {...}}``, JSON-serialisable settings;
+- ``TITLE`` (str), ``SETTINGS``: ``{"smoke": ..., "cpu": ..., "paper": ...}``, one frozen settings dataclass per
+  scale, and ``SCALES``: their JSON values (:func:`icgd.experiments.settings.as_scales`), which ``metrics.json``
+  records and ``--set key=value`` overrides; ``run`` and ``render`` read them back with
+  :func:`icgd.experiments.settings.load`;
 - ``run(ctx: RunContext) -> dict``: does the work, returns the metrics (JSON-serialisable: numbers, lists, dicts);
 - ``render(report: Report) -> None``: turns ``report.metrics`` into text, tables, figures, paper-vs-ours rows and
   verdicts (see :mod:`icgd.experiments.report`). It must not compute anything expensive.
@@ -14,7 +17,6 @@ redoes only the second half from a saved ``metrics.json``.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import json
 import math
@@ -30,6 +32,7 @@ from typing import Callable
 import torch
 
 from icgd.errors import ConfigError
+from icgd.experiments import settings as settings_io
 from icgd.experiments.report import Report, flatten, fmt, paper_values
 
 EXPERIMENTS = ("wu2025", "vonoswald2023", "akyurek2023", "cheng2024", "garg2022", "mechanism")
@@ -74,9 +77,8 @@ def settings_for(name: str, scale: str, overrides: list[str] | None = None) -> d
     """The settings of `name` at `scale`, with ``key=value`` overrides (values parsed as JSON when they parse)."""
     if scale not in SCALES:
         raise ConfigError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
-    raw = load_experiment(name).SCALES[scale]
-    if dataclasses.is_dataclass(raw):  # typed settings: stored and overridden as plain JSON values
-        raw = json.loads(json.dumps(dataclasses.asdict(raw)))
+    module = load_experiment(name)
+    raw = module.SCALES[scale]
     settings = dict(raw)
     for item in overrides or []:
         key, sep, value = item.partition("=")
@@ -89,6 +91,8 @@ def settings_for(name: str, scale: str, overrides: list[str] | None = None) -> d
         except json.JSONDecodeError:
             settings[key] = value
         _check_override(name, key, settings[key], raw[key])
+    if overrides:  # the typed settings (and the experiment's own checks) refuse a bad combination before any run
+        settings_io.load(type(module.SETTINGS[scale]), settings)
     return settings
 
 

@@ -21,8 +21,8 @@ import torch
 
 from icgd.analysis import alignment_metrics, compare_lsa_weights
 from icgd.constructions import linear_gd, von_oswald_weights
-from icgd.errors import ConfigError
-from icgd.experiments.icl_common import half_mse, rel_gap, sample, to_list, train_run, typed_settings
+from icgd.experiments import settings as settings_io
+from icgd.experiments.icl_common import half_mse, rel_gap, sample, to_list, train_run
 from icgd.experiments import vonoswald2023_report as text
 from icgd.experiments.report import Report
 from icgd.experiments.reproduce import RunContext
@@ -65,26 +65,8 @@ class Settings:
     n: int = 10
     x_scale: float = 0.5
 
-    @classmethod
-    def from_dict(cls, raw: dict) -> Settings:
-        """From plain JSON values (``metrics.json``, ``--set``); a wrongly typed or unknown key is a ConfigError."""
-        values = typed_settings(cls, raw, SCALES["cpu"], "vonoswald2023")
-        ref = SCALES["cpu"].deep[0]
-        if "deep" in values:
-            values["deep"] = tuple(spec if isinstance(spec, DeepSpec) else
-                                   DeepSpec(**typed_settings(DeepSpec, _mapping(spec), ref, "vonoswald2023 deep"))
-                                   for spec in values["deep"])
-        return cls(**values)
 
-
-def _mapping(spec) -> dict:
-    if not isinstance(spec, dict):
-        raise ConfigError(f"vonoswald2023: each entry of 'deep' must be an object like {{\"layers\": 2, "
-                          f"\"shared\": true, \"steps\": 1000, \"lr\": 0.005}}, got {spec!r}")
-    return spec
-
-
-SCALES = {
+SETTINGS = {
     "smoke": Settings(preset="lsa-smoke", steps=150, batch=512, lr=1e-2, chunks=3,
                       deep=(DeepSpec(2, True, steps=60, lr=1e-2, batch=256, warmup=10),), eval_tasks=2000,
                       tune_tasks=1000, ood_alphas=(0.5, 1.0, 1.5, 2.0), ood_tasks=500, trainer_eval=1000,
@@ -99,6 +81,7 @@ SCALES = {
                       eval_tasks=10000, tune_tasks=10000, ood_alphas=tuple(round(0.5 + 0.1 * i, 2) for i in range(16)),
                       ood_tasks=10000, trainer_eval=10000, track_tasks=10000, gdpp_fit_steps=3000),
 }
+SCALES = settings_io.as_scales(SETTINGS)  # the JSON form `icgd reproduce` works with
 
 # ------------------------------------------------------------------------------------------------- computation
 
@@ -343,7 +326,7 @@ def max_eig_xxt(X: torch.Tensor) -> float:
 
 
 def run(ctx: RunContext) -> dict:
-    s = Settings.from_dict(ctx.settings)
+    s = settings_io.load(Settings, ctx.settings)
     task = _task(s)
     tune = sample(task, s.tune_tasks, s.n, seed=ctx.seed, step=1)
     val = sample(task, s.eval_tasks, s.n, seed=ctx.seed, step=2)
@@ -395,7 +378,7 @@ def _ood_key(r: dict) -> str:
 
 def render(report: Report) -> None:
     """The report (text, verdicts, tables, figures) from a run's metrics; see :mod:`vonoswald2023_report`."""
-    text.render(report, Settings.from_dict(report.settings), SCALES["paper"])
+    text.render(report, settings_io.load(Settings, report.settings), SETTINGS["paper"])
 
 
 def what_was_run(settings: Settings, scale: str) -> str:

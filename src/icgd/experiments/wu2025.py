@@ -29,13 +29,14 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
 from icgd.analysis import bootstrap_ci, r2_per_position
 from icgd.constructions import deep_gd, fit_ranges_from_box, fit_ranges_from_data
 from icgd.errors import ConfigError
+from icgd.experiments import settings as settings_io
 from icgd.experiments.reproduce import RunContext
 from icgd.learners import DirectTraining, gd_trajectory, make_learner
 from icgd.learners import r2_per_position as r2_batched
@@ -116,18 +117,6 @@ class WuSettings:
         if "ridge" not in self.baselines:
             raise ConfigError("wu2025: baselines must include 'ridge' (the headline compares with it)")
 
-    @classmethod
-    def from_dict(cls, values: dict) -> WuSettings:
-        """From the JSON form (as saved in metrics.json); unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"wu2025: unknown setting(s) {', '.join(unknown)}; settings: {', '.join(sorted(known))}")
-        return cls(**values)
-
-    def as_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
 
 SETTINGS: dict[str, WuSettings] = {
     "smoke": WuSettings(d=3, n_points=12, n_test=16, teacher_depth=3, n_layer=1, n_embd=32, n_head=2, steps=30,
@@ -145,7 +134,7 @@ SETTINGS: dict[str, WuSettings] = {
                         con_width=16, con_steps=50, con_knots=256, con_knots_sweep=(256, 512, 1024, 2048),
                         con_prompts=640, con_positions=(1, 2, 5, 10, 15, 20, 30, 45, 60, 75)),
 }
-SCALES = {scale: s.as_dict() for scale, s in SETTINGS.items()}  # the JSON form `icgd reproduce` works with
+SCALES = settings_io.as_scales(SETTINGS)  # the JSON form `icgd reproduce` works with
 
 TEST_STEP = 1 << 41  # test prompts use step numbers that neither training (0 …) nor the trainer's eval (2^40) reach
 TUNE_STEP = TEST_STEP + 1000  # the construction's η is tuned on other prompts
@@ -512,7 +501,7 @@ def _label_stats(p: Prompt) -> dict:
 
 
 def run(ctx: RunContext) -> dict:
-    s = WuSettings.from_dict(ctx.settings)
+    s = settings_io.load(WuSettings, ctx.settings)
     metrics: dict = {"training": {}, "settings_order": [st.key for st in settings_list()]}
     ctx.log("training the transformers")
     models, depth_models = _train_all(ctx, s, metrics)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from icgd.experiments import settings as settings_io
 from icgd.experiments.report import Report
 from icgd.experiments.wu2025 import WuSettings, settings_list
 
@@ -17,7 +18,7 @@ _NAMES = {"relu": "ReLU-attention TF (trained)", "softmax": "softmax TF (trained
 
 
 def _s(report: Report) -> WuSettings:
-    return WuSettings.from_dict(report.settings)
+    return settings_io.load(WuSettings, report.settings)
 
 
 def _k(s: WuSettings) -> str:
