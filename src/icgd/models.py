@@ -584,6 +584,18 @@ class LSA(HookedModel):
         save memory)."""
         return self(X, Y, x_query)
 
+    def prefix_predictions(self, X, Y) -> torch.Tensor:
+        """The learner protocol: row i is the prediction at ``x_i`` from the pairs ``0 … i−1``, ``(B, n, d_out)``
+        (``(n, d_out)`` unbatched); row 0 (empty context) is 0, as for the linear learners (with no keys every
+        layer adds nothing and the query's y-slot stays 0). One forward pass per prefix length, batched over
+        prompts (:func:`icgd.learners.base.prefix_by_queries`)."""
+        from icgd.learners.base import prefix_by_queries
+
+        p = self.layers[0].W_q
+        X, Y, _, single = check_prompt(X, Y, d_in=self.d_in, d_out=self.d_out, dtype=p.dtype, device=p.device)
+        out = prefix_by_queries(self.predict, X, Y)
+        return out[0] if single else out
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         """Also read checkpoints written before the layers were LinearAttention (``layers.{i}.W_Q`` … ``.P``)."""
         for key in [k for k in state_dict if k.startswith(prefix + "layers.")]:

@@ -168,6 +168,19 @@ class ConvexGD(PromptModel):
         """``w_Lᵀ x_q`` for every query (the logit for the logistic loss), ``(B, m, 1)``."""
         return super().predict(X, Y, x_query, grad=grad, w0=w0)
 
+    def prefix_predictions(self, X, Y, w0=None) -> torch.Tensor:
+        """Row i: the prediction at ``x_i`` from the pairs ``0 … i−1`` and the start `w0`, ``(B, n, 1)``. Row 0
+        (empty context, which the tokens cannot hold: the loss has no term) is ``w0ᵀ x_0``, the start's own
+        prediction (0 for the default w0 = 0)."""
+        return super().prefix_predictions(X, Y, w0=w0)
+
+    def empty_prediction(self, x_query: torch.Tensor, w0=None) -> torch.Tensor:
+        """``w0ᵀ x_q`` at batched queries ``(B, m, d_in)`` (0 for w0 = None): ``(B, m, 1)``."""
+        if w0 is None:
+            return x_query.new_zeros(*x_query.shape[:2], 1)
+        w, _ = batched(as_float_tensor(w0, "w0", x_query.dtype).to(x_query.device), "w0", 1)
+        return x_query @ w.expand(x_query.shape[0], -1)[..., None]
+
 
 def convex_gd_memory(d_in: int, *, knots: int = 64, loss: str = "squared", dtype: torch.dtype = torch.float64,
                      batch: int = 0, tokens: int = 0, build: bool = True, what: str = "convex_gd") -> MemoryEstimate:

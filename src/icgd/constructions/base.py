@@ -107,6 +107,23 @@ class PromptModel(Transformer):
             out = self.read_answer(self(tokens), context_size(self.layout, tokens))
         return out[0] if single else out
 
+    def prefix_predictions(self, X, Y, **fields) -> torch.Tensor:
+        """The learner protocol: row i is the prediction at ``x_i`` from the pairs ``0 … i−1``, ``(B, n, d_out)``
+        (``(n, d_out)`` unbatched). One :meth:`predict` per prefix length, batched over prompts
+        (:func:`icgd.learners.base.prefix_by_queries`); `fields` go to :meth:`predict`. Row 0 (empty context, which
+        the tokens cannot hold) is :meth:`empty_prediction`: 0 here, the prediction of the zero start that every
+        construction of this kind (linear GD, Akyürek's GD / ridge, functional GD) makes without data."""
+        from icgd.learners.base import prefix_by_queries
+
+        X, Y, _, single = check_prompt(X, Y, d_in=self.d_in, d_out=self.d_out, dtype=self.dtype)
+        out = prefix_by_queries(lambda x, y, q: self.predict(x, y, q, **fields), X, Y,
+                                lambda q: self.empty_prediction(q, **fields))
+        return out[0] if single else out
+
+    def empty_prediction(self, x_query: torch.Tensor, **fields) -> torch.Tensor:
+        """The prediction without any context at batched queries ``(B, m, d_in)``: ``(B, m, d_out)`` zeros."""
+        return x_query.new_zeros(*x_query.shape[:2], self.d_out)
+
     def summary(self) -> list[dict]:
         rows = super().summary()
         for row, role in zip(rows, self.roles):

@@ -492,6 +492,29 @@ class ConstructedICGD(Transformer):
         out = self.layout.read(h, f"p{self.spec.depth}")[:, n:]
         return out[0] if single else out
 
+    def prefix_predictions(self, X, Y, w0=None) -> torch.Tensor:
+        """The learner protocol: row i is f(w̄_L, x_i) after the L in-context GD steps on the pairs ``0 … i−1``,
+        ``(B, n, d_out)`` (``(n, d_out)`` unbatched); one :meth:`predict` per prefix length, batched over prompts
+        (:func:`icgd.learners.base.prefix_by_queries`). Row 0 (empty context: the tokens need one pair, and the
+        empty loss has no gradient) is what the model gives from `w0` itself: its read-out layers alone on the
+        tokens holding `w0`, i.e. f(w0, x_0) up to the activation fits — not 0."""
+        from icgd.learners.base import prefix_by_queries
+
+        if not self.readout:
+            raise SpecError("this model was built with readout=False; build it with readout=True to predict")
+        X, Y, _, single = check_xy(X, Y, d_in=self.spec.d_in, d_out=self.spec.d_out, dtype=self.dtype)
+        w0 = self._initial(w0)
+        out = prefix_by_queries(lambda x, y, q: self.predict(x, y, q, w0), X, Y,
+                                lambda q: self._readout_only(X[:, :1], Y[:, :1], q, w0))
+        return out[0] if single else out
+
+    def _readout_only(self, X, Y, x_query, w0) -> torch.Tensor:
+        """The read-out layers alone (no GD step) on the tokens of ``(X, Y, x_query)`` with ``w = w0``: f(w0, x_q)
+        as the model computes it, ``(B, m, d_out)``."""
+        tokens, _ = self.tokens_for(X, Y, w0, x_query)
+        h = Transformer.forward(self, tokens, self.steps * self.block_size)
+        return self.layout.read(h, f"p{self.spec.depth}")[:, X.shape[1]:]
+
     def summary(self) -> list[dict]:
         rows = super().summary()
         for row, role in zip(rows, self.roles):

@@ -16,6 +16,7 @@ output axis: scalar targets are ``(B, n, 1)``, never ``(B, n)``. Computations ru
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -81,6 +82,22 @@ def prefix_masks(n: int, rows: range | None = None, device=None) -> torch.Tensor
     return torch.arange(n, device=device)[None, :] < i[:, None]
 
 
+def prefix_by_queries(predict: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+                      X: torch.Tensor, Y: torch.Tensor,
+                      empty: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Prefix predictions from any ``predict(X, Y, x_query) → (B, m, d_out)``: one batched call per prefix length
+    (never one per prompt). `X (B, n, d)` and `Y (B, n, d_out)` are validated and batched.
+
+    Row i (i ≥ 1) of the ``(B, n, d_out)`` result is ``predict(X[:, :i], Y[:, :i], X[:, i:i+1])``; row 0 (no
+    context) is ``empty(X[:, :1])[:, 0]`` when `empty` is given, else 0. Rows come back in the dtype and on the
+    device of `predict`'s output."""
+    B, n, _ = X.shape
+    rows = [predict(X[:, :i], Y[:, :i], X[:, i:i + 1])[:, 0] for i in range(1, n)]
+    like = rows[0] if rows else X.new_zeros(B, Y.shape[-1])
+    first = like.new_zeros(B, Y.shape[-1]) if empty is None else empty(X[:, :1])[:, 0].to(like)
+    return torch.stack([first, *rows], dim=1)
+
+
 class Learner(ABC):
     """A batched in-context learner: ``predict(X, Y, x_query)`` and ``prefix_predictions(X, Y)``.
 
@@ -111,12 +128,8 @@ class Learner(ABC):
         """``(B, m, d_out)`` predictions for checked, batched inputs."""
 
     def _prefix(self, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
-        """Generic fallback: one batched :meth:`_predict` per prefix length."""
-        B, n, _ = X.shape
-        out = X.new_zeros(B, n, Y.shape[-1])
-        for i in range(1, n):
-            out[:, i] = self._predict(X[:, :i], Y[:, :i], X[:, i:i + 1])[:, 0]
-        return out
+        """Generic fallback: one batched :meth:`_predict` per prefix length (:func:`prefix_by_queries`)."""
+        return prefix_by_queries(self._predict, X, Y)
 
     def _hparams(self) -> dict[str, Any]:
         return {}
