@@ -756,6 +756,40 @@ def _lsa_products(weights, which: str) -> tuple[torch.Tensor, torch.Tensor]:
     return kq, pv
 
 
+def _lsa_pair(trained: Mapping, constructed: Mapping, d_x: int | None, d_y: int):
+    """The products ``W_KQ, W_PV`` of both layers (the constructed ones in the trained dtype and device) and the
+    slices of the x and y coordinates: ``(kq_t, pv_t, kq_c, pv_c, x, y)``."""
+    kq_t, pv_t = _lsa_products(trained, "trained")
+    kq_c, pv_c = _lsa_products(constructed, "constructed")
+    kq_c, pv_c = kq_c.to(kq_t.dtype).to(kq_t.device), pv_c.to(kq_t.dtype).to(kq_t.device)
+    if kq_t.shape != kq_c.shape:
+        raise ShapeError(f"trained and constructed layers act on tokens of different sizes: W_KQ {tuple(kq_t.shape)} "
+                         f"vs {tuple(kq_c.shape)}")
+    D = kq_t.shape[0]
+    d_y = positive_int(d_y, "d_y")
+    d_x = D - d_y if d_x is None else positive_int(d_x, "d_x")
+    if d_x + d_y > D:
+        raise SpecError(f"d_x + d_y = {d_x + d_y} exceeds the token dimension {D}")
+    return kq_t, pv_t, kq_c, pv_c, slice(0, d_x), slice(d_x, d_x + d_y)
+
+
+def _kq_scale(kq: torch.Tensor, x: slice, which: str) -> float:
+    """β = mean of W_KQ's diagonal over the input coordinates `x`; a SpecError when it is (numerically) zero."""
+    b = float(torch.diagonal(kq[x, x]).mean())
+    if abs(b) <= 1e-12 * max(1.0, float(kq.abs().max())):
+        raise SpecError(f"the {which} W_KQ has a zero mean diagonal on the x-block (β = {b}); it cannot be "
+                        "rescaled (is d_x right, and does the layer attend through the inputs?)")
+    return b
+
+
+def _relative_distance(a: torch.Tensor, ref: torch.Tensor, what: str) -> float:
+    """``‖a − ref‖_F / ‖ref‖_F``; a SpecError when `ref` (the constructed `what`) is zero."""
+    den = float(torch.linalg.matrix_norm(ref))
+    if den == 0:
+        raise SpecError(f"the constructed {what} is zero; a relative distance to it is undefined")
+    return float(torch.linalg.matrix_norm(a - ref)) / den
+
+
 def compare_lsa_weights(trained: Mapping, constructed: Mapping, *, d_x: int | None = None, d_y: int = 1) -> dict:
     """Compare a trained linear self-attention layer with a constructed one (von Oswald et al. 2023, App. A.3).
 
@@ -778,36 +812,11 @@ def compare_lsa_weights(trained: Mapping, constructed: Mapping, *, d_x: int | No
     (floats) and the ``(D, D)`` tensors ``W_KQ``, ``W_PV`` (trained, rescaled), ``W_KQ_constructed``,
     ``W_PV_constructed`` (rescaled), ``W_KQ_interp``, ``W_PV_interp``.
     """
-    kq_t, pv_t = _lsa_products(trained, "trained")
-    kq_c, pv_c = _lsa_products(constructed, "constructed")
-    kq_c, pv_c = kq_c.to(kq_t.dtype).to(kq_t.device), pv_c.to(kq_t.dtype).to(kq_t.device)
-    if kq_t.shape != kq_c.shape:
-        raise ShapeError(f"trained and constructed layers act on tokens of different sizes: W_KQ {tuple(kq_t.shape)} "
-                         f"vs {tuple(kq_c.shape)}")
-    D = kq_t.shape[0]
-    d_y = positive_int(d_y, "d_y")
-    d_x = D - d_y if d_x is None else positive_int(d_x, "d_x")
-    if d_x + d_y > D:
-        raise SpecError(f"d_x + d_y = {d_x + d_y} exceeds the token dimension {D}")
-    x, y = slice(0, d_x), slice(d_x, d_x + d_y)
-
-    def beta_of(kq: torch.Tensor, which: str) -> float:
-        b = float(torch.diagonal(kq[x, x]).mean())
-        if abs(b) <= 1e-12 * max(1.0, float(kq.abs().max())):
-            raise SpecError(f"the {which} W_KQ has a zero mean diagonal on the x-block (β = {b}); it cannot be "
-                            "rescaled (is d_x right, and does the layer attend through the inputs?)")
-        return b
-
-    beta, beta_c = beta_of(kq_t, "trained"), beta_of(kq_c, "constructed")
+    kq_t, pv_t, kq_c, pv_c, x, y = _lsa_pair(trained, constructed, d_x, d_y)
+    beta, beta_c = _kq_scale(kq_t, x, "trained"), _kq_scale(kq_c, x, "constructed")
     KQ, PV = kq_t / beta, pv_t * beta
     KQc, PVc = kq_c / beta_c, pv_c * beta_c
-
-    def rel(a: torch.Tensor, ref: torch.Tensor, what: str) -> float:
-        den = float(torch.linalg.matrix_norm(ref))
-        if den == 0:
-            raise SpecError(f"the constructed {what} is zero; a relative distance to it is undefined")
-        return float(torch.linalg.matrix_norm(a - ref)) / den
-
+    rel = _relative_distance
     return {
         "beta": beta,
         "beta_constructed": beta_c,

@@ -248,30 +248,38 @@ def construct(
     device: Optional[str] = typer.Option(None, "--device", help=f"deep: {DEVICE_HELP} \\[default: cpu]"),
 ) -> None:
     """Build a construction, run it on random prompts or your --data, and compare it with what it encodes."""
-    from icgd._checks import positive_int
-
     out = out if out is not None else out_dir
     given = {"--depth": depth, "--width": width, "--d-in": d_in, "--d-out": d_out, "--activation": activation,
              "--steps": steps, "--eta": eta, "--gamma": gamma, "--lam": lam, "--kernel": kernel,
              "--bandwidth": bandwidth, "--loss": loss, "--variant": variant, "--knots": knots, "--box": box,
              "--n": n, "--sweep": sweep, "--out": out, "--data": data, "--targets": targets, "--device": device}
+    _construct(kind, given, seed=seed, all_layers=all_layers)
+
+
+def _construct(kind: str, given: dict, *, seed: int, all_layers: bool) -> None:
+    """`icgd construct` after parsing: `given` maps every option flag to its value (None when not set). Checks that
+    the options apply to `kind`, then runs the deep construction (random teacher or --data) or any other registry
+    entry against its reference learner."""
+    from icgd._checks import positive_int
+
     _check_applies(kind, given)
-    for flag, value in (("--steps", steps), ("--n", n), ("--d-in", d_in)):
-        if value is not None:
-            positive_int(value, flag)
+    for flag in ("--steps", "--n", "--d-in"):
+        if given[flag] is not None:
+            positive_int(given[flag], flag)
     if kind != DEEP:  # every other registry entry: checked against its reference learner
         return _construct_other(kind, seed, all_layers,
                                 **{flag[2:].replace("-", "_"): v for flag, v in given.items() if v is not None})
-    deep = dict(depth=3 if depth is None else depth, width=8 if width is None else width,
-                activation=activation or "sigmoid",
-                steps=10 if steps is None else steps, eta=2.0 if eta is None else eta,
-                knots=64 if knots is None else knots, box=1.0 if box is None else box, seed=seed,
-                out=out or Path("construct-out"), device=device or "cpu", all_layers=all_layers)
-    if data is not None:
-        return _construct_deep_data(data, 1 if targets is None else targets, **deep)
-    return _construct_deep(d_in=3 if d_in is None else d_in, d_out=3 if d_out is None else d_out,
-                           n=50 if n is None else n,
-                           sweep="16,32,64,128,256" if sweep is None else sweep, **deep)
+    g = {flag[2:].replace("-", "_"): v for flag, v in given.items()}
+    deep = dict(depth=3 if g["depth"] is None else g["depth"], width=8 if g["width"] is None else g["width"],
+                activation=g["activation"] or "sigmoid",
+                steps=10 if g["steps"] is None else g["steps"], eta=2.0 if g["eta"] is None else g["eta"],
+                knots=64 if g["knots"] is None else g["knots"], box=1.0 if g["box"] is None else g["box"], seed=seed,
+                out=g["out"] or Path("construct-out"), device=g["device"] or "cpu", all_layers=all_layers)
+    if g["data"] is not None:
+        return _construct_deep_data(g["data"], 1 if g["targets"] is None else g["targets"], **deep)
+    return _construct_deep(d_in=3 if g["d_in"] is None else g["d_in"], d_out=3 if g["d_out"] is None else g["d_out"],
+                           n=50 if g["n"] is None else g["n"],
+                           sweep="16,32,64,128,256" if g["sweep"] is None else g["sweep"], **deep)
 
 
 def _construct_other(kind: str, seed: int, all_layers: bool, **given) -> None:

@@ -189,10 +189,12 @@ class LinearLossGD(Learner):
 # ------------------------------------------------------------------------------------------------ entries
 
 
-def _register_all() -> None:
-    from icgd import constructions as C
+_STEPS = {"steps": (3, "GD steps"), "eta": (0.3, "learning rate")}  # options of the linear-GD style entries
 
-    steps = {"steps": (3, "GD steps"), "eta": (0.3, "learning rate")}
+
+def _register_linear(C) -> None:
+    """von Oswald et al.'s linear GD and GD++, Akyürek et al.'s ridge and one-pass SGD."""
+    steps = _STEPS
     register(Construction(
         "linear", "von Oswald et al. 2023, Prop. 1", lambda s: C.linear_gd(s["d_in"], eta=s["eta"], steps=s["steps"]),
         lambda s: GD(s["eta"], s["steps"]), lambda s: f"GD, {s['steps']} steps (closed form)", steps))
@@ -213,6 +215,11 @@ def _register_all() -> None:
         lambda s: C.akyurek_gd(s["d_in"], eta=s["eta"], lam=s["lam"], n_max=s["n"], variant=s["variant"]),
         lambda s: SGD(s["eta"], window=1, lam=s["lam"]), lambda s: "one-pass SGD (icgd.learners.SGD)",
         {"eta": (0.3, "learning rate"), "lam": (0.1, "regularisation λ"), **variant}, tolerance=1e-6))
+
+
+def _register_kernel_and_convex(C) -> None:
+    """Cheng et al.'s functional GD and Bai et al.'s GD on a convex loss."""
+    steps = _STEPS
     register(Construction(
         "functional", "Cheng, Chen & Sra 2024, Prop. 1",
         lambda s: C.functional_gd(s["d_in"], kernel=s["kernel"], eta=s["eta"], steps=s["steps"],
@@ -230,6 +237,10 @@ def _register_all() -> None:
         {**steps, "lam": (0.1, "regularisation λ"), "loss": ("squared", "squared or logistic"),
          "knots": (64, "ReLU units of the sigmoid fit (logistic loss)")},
         sample=lambda s: linear_prompts(s, labels=s["loss"] == "logistic"), tolerance=1e-3))
+
+
+def _register_networks(C) -> None:
+    """Wu et al.'s deep_gd (ReLU attention) and its softmax version, against autograd GD on the network."""
     net = {"depth": (3, "N, weight layers"), "width": (8, "K, hidden width"), "d_out": (3, "output dimension"),
            "activation": ("sigmoid", "sigmoid, tanh, relu, gelu, softplus, identity"),
            "steps": (10, "GD steps"), "eta": (2.0, "learning rate"), "box": (1.0, "projection box |w| <= box")}
@@ -254,6 +265,14 @@ def _register_all() -> None:
                                             x_bound=1.0), s),
         reference, lambda s: f"projected GD on the network by autograd, {s['steps']} steps", net,
         defaults={"d_in": 3, "n": 50}, sample=network_prompts, tolerance=1e-6))
+
+
+def _register_all() -> None:
+    from icgd import constructions as C
+
+    _register_linear(C)
+    _register_kernel_and_convex(C)
+    _register_networks(C)
 
 
 _register_all()
