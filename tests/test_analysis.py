@@ -101,6 +101,32 @@ def test_r2_scalar_shapes_and_constant_targets(gen):
     assert got[1] == pytest.approx(sk_r2(t2[:, 1].numpy(), p2[:, 1].numpy()))
 
 
+@pytest.mark.parametrize("constant", ["none", "perfect", "imperfect"])
+def test_every_r2_of_icgd_follows_the_one_rule_and_sklearn(gen, constant):
+    """analysis.r2_from_sums is the one R²: r2_per_position, wu2025's bootstrap statistic and the mechanism
+    study's weighted R² all agree with sklearn's r2_score, also where the target does not vary (1 or 0)."""
+    from icgd.experiments.wu2025 import r2_per_position_cols
+    from icgd.mechanism import _per_prompt_stats, _r2_from_counts
+
+    t = randn(gen, 12, 3, 1)
+    p = t + 0.3 * randn(gen, 12, 3, 1)
+    if constant != "none":
+        t[:, 1] = 2.0
+        p[:, 1] = 2.0 if constant == "perfect" else 2.0 + torch.linspace(0, 1, 12, dtype=DT)[:, None]
+    ref = np.array([sk_r2(t[:, k].numpy(), p[:, k].numpy()) for k in range(3)])
+    if constant != "none":
+        assert ref[1] == (1.0 if constant == "perfect" else 0.0)
+    np.testing.assert_allclose(an.r2_per_position(p, t).numpy(), ref, rtol=1e-12)
+    np.testing.assert_allclose(r2_per_position_cols(torch.cat([p, t], -1))[:, 0].numpy(), ref, rtol=1e-12)
+    np.testing.assert_allclose(an.r2_from_sums(((p - t) ** 2).sum(0), ((t - t.mean(0)) ** 2).sum(0))[:, 0], ref,
+                               rtol=1e-12)
+    for k in range(3):  # mechanism: read-out R (L=1) against candidate C (K=1), pooled over prompts and queries
+        R, C = p[None, :, k:k + 1], t[None, :, k:k + 1]  # (1, B, m=1, 1)
+        res, s1, s2 = _per_prompt_stats(R, C)
+        got = float(_r2_from_counts(torch.ones(12, dtype=DT), res, s1, s2, 1)[0, 0])
+        assert got == pytest.approx(ref[k], rel=1e-9, abs=1e-12)
+
+
 def test_r2_rejects_bad_shapes():
     with pytest.raises(ShapeError, match="same shape"):
         an.r2_per_position(torch.zeros(4, 3), torch.zeros(4, 2))

@@ -42,6 +42,7 @@ from icgd.errors import NonFiniteError, ShapeError, SpecError
 __all__ = [
     "Predictor",
     "squared_error_per_position",
+    "r2_from_sums",
     "r2_per_position",
     "r2_score",
     "bootstrap_ci",
@@ -173,9 +174,11 @@ def _run(learner, name: str, X: torch.Tensor, Y: torch.Tensor, q: torch.Tensor) 
     return out
 
 
-def _r2_from_sums(ss_res: torch.Tensor, ss_tot: torch.Tensor) -> torch.Tensor:
-    """``1 − ss_res/ss_tot`` elementwise; where ``ss_tot = 0`` 1 if ``ss_res = 0`` else 0 (sklearn's
-    ``force_finite``)."""
+def r2_from_sums(ss_res: torch.Tensor, ss_tot: torch.Tensor) -> torch.Tensor:
+    """icgd's one R² rule on sums of squares: ``1 − ss_res/ss_tot`` elementwise, and where the targets do not vary
+    (``ss_tot = 0``) 1 if the prediction is perfect (``ss_res = 0``) and 0 otherwise — sklearn's ``r2_score`` with
+    ``force_finite=True``. Every R² of icgd (:func:`r2_per_position`, :func:`r2_score`, the bootstrap statistics of
+    the reproductions, :func:`icgd.mechanism.layer_alignment`) goes through it."""
     ok = ss_tot != 0
     safe = torch.where(ok, ss_tot, torch.ones_like(ss_tot))
     return torch.where(ok, 1 - ss_res / safe, (ss_res == 0).to(ss_res.dtype))
@@ -208,7 +211,8 @@ def r2_per_position(pred, target) -> torch.Tensor:
 
     and ``R²_k`` is the plain average of ``R²_ko`` over the outputs (sklearn's ``multioutput="uniform_average"``),
     so ``r2_per_position(p, t)[k] == sklearn.metrics.r2_score(t[:, k], p[:, k])``. Where the targets do not vary
-    over the batch, ``R²`` is 1 for a perfect prediction and 0 otherwise (sklearn's convention).
+    over the batch (zero variance), ``R²`` is 1 for a perfect prediction and 0 otherwise (sklearn's convention,
+    :func:`r2_from_sums`).
 
     This is the per-position reading of Wu et al. 2025's "mean R-squared value" vs number of in-context examples
     (§5; the paper does not define it: R² over a batch of prompts at each position, then averaged over batches
@@ -221,7 +225,7 @@ def r2_per_position(pred, target) -> torch.Tensor:
         raise ShapeError(f"R² per position needs at least 2 prompts in the batch, got shape {tuple(b.shape)}")
     ss_res = ((a - b) ** 2).sum(-3)
     ss_tot = ((b - b.mean(0, keepdim=True)) ** 2).sum(0)
-    return _r2_from_sums(ss_res, ss_tot).mean(-1)
+    return r2_from_sums(ss_res, ss_tot).mean(-1)
 
 
 def _leading(pred, target) -> tuple[torch.Tensor, torch.Tensor]:
@@ -255,7 +259,7 @@ def r2_score(pred, target) -> float:
         raise ShapeError("R² needs at least 2 samples")
     ss_res = ((a - b) ** 2).sum(0)
     ss_tot = ((b - b.mean(0, keepdim=True)) ** 2).sum(0)
-    return float(_r2_from_sums(ss_res, ss_tot).mean())
+    return float(r2_from_sums(ss_res, ss_tot).mean())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -364,7 +368,7 @@ def _fit_linear(xp: torch.Tensor, yp: torch.Tensor, fit_intercept: bool
     fitted = xp @ W + c[:, None, :]
     ss_res = ((yp - fitted) ** 2).sum(1)
     ss_tot = ((yp - yp.mean(1, keepdim=True)) ** 2).sum(1)
-    return W.mT, c, _r2_from_sums(ss_res, ss_tot).mean(-1)
+    return W.mT, c, r2_from_sums(ss_res, ss_tot).mean(-1)
 
 
 def implicit_weights(learner, X, Y, x_probe, *, fit_intercept: bool = True
@@ -670,7 +674,7 @@ def probe_layers(cache: Mapping[str, torch.Tensor], target, *, names: Iterable[s
         ss_tot = ((t[te] - t[te].mean(0, keepdim=True)) ** 2).sum(0)
         out[name] = {
             "mse": float(((pred_te - t[te]) ** 2).mean()),
-            "r2": float(_r2_from_sums(ss_res, ss_tot).mean()),
+            "r2": float(r2_from_sums(ss_res, ss_tot).mean()),
             "train_mse": float(((pred_tr - t[tr]) ** 2).mean()),
         }
     return out

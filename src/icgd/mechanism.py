@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from icgd._checks import positive_float, positive_int
-from icgd.analysis import _fit_linear, fit_linear_probe
+from icgd.analysis import _fit_linear, fit_linear_probe, r2_from_sums
 from icgd.errors import ConfigError, ShapeError, SpecError
 from icgd.learners.base import Learner
 from icgd.nets import NetSpec, forward
@@ -417,10 +417,9 @@ def _r2_from_counts(w: torch.Tensor, res, s1, s2, m: int) -> torch.Tensor:
     n = w.sum(-1)[..., None, None] * m
     t1, t2 = torch.einsum("...b,bko->...ko", w, s1), torch.einsum("...b,bko->...ko", w, s2)
     ss_tot = (t2 - t1 ** 2 / n)[..., None, :, :]
-    ok = ss_tot > 1e-12 * t2.abs().clamp_min(1e-300)[..., None, :, :]
-    r2 = torch.where(ok, 1 - ss_res / torch.where(ok, ss_tot, torch.ones_like(ss_tot)),
-                     (ss_res == 0).to(ss_res.dtype))
-    return r2.mean(-1)
+    # from moment sums a constant target leaves rounding noise, not 0: below 1e-12 of Σy² it counts as no variance
+    ss_tot = torch.where(ss_tot > 1e-12 * t2.abs().clamp_min(1e-300)[..., None, :, :], ss_tot, 0.0)
+    return r2_from_sums(ss_res, ss_tot).mean(-1)
 
 
 def _bootstrap(res, s1, s2, m: int, n_boot: int, level: float, generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,13 +33,12 @@ from dataclasses import dataclass
 
 import torch
 
-from icgd.analysis import bootstrap_ci, r2_per_position
+from icgd.analysis import bootstrap_ci, r2_from_sums, r2_per_position
 from icgd.constructions import deep_gd, fit_ranges_from_box, fit_ranges_from_data
 from icgd.errors import ConfigError
 from icgd.experiments import settings as settings_io
 from icgd.experiments.reproduce import RunContext
 from icgd.learners import DirectTraining, gd_trajectory, make_learner
-from icgd.learners import r2_per_position as r2_batched
 from icgd.models import ICLTransformer
 from icgd.nets import NetSpec, forward, init_weights
 from icgd.tasks import PARAM_SHIFTS, TEST_MIXTURES, WU_DEEP_TEACHER, Prompt, make_task
@@ -165,8 +164,8 @@ def _r2_resampled(t: torch.Tensor, dim: int) -> torch.Tensor:
     """R² per position and column of resampled ``(R, B, n, C + 1)`` [predictions…, target] → ``(R, n, C)``."""
     p, target = t[..., :-1], t[..., -1:]
     res = ((p - target) ** 2).sum(dim)
-    tot = ((target - target.mean(dim, keepdim=True)) ** 2).sum(dim).clamp_min(1e-300)
-    return 1 - res / tot
+    tot = ((target - target.mean(dim, keepdim=True)) ** 2).sum(dim)
+    return r2_from_sums(res, tot)
 
 
 def r2_ci(pred: torch.Tensor, y: torch.Tensor, n_boot: int, gen: torch.Generator) -> tuple[list, list]:
@@ -307,8 +306,8 @@ def _best_epoch_stat(t: torch.Tensor, dim: int) -> torch.Tensor:
     """Best-over-epochs R² of resampled ``(R, P, E + 1)`` [epoch predictions…, target] → ``(R, E + 1)``."""
     pr, tg = t[..., :-1], t[..., -1:]
     res = ((pr - tg) ** 2).sum(dim)
-    tot = ((tg - tg.mean(dim, keepdim=True)) ** 2).sum(dim).clamp_min(1e-300)
-    return (1 - res / tot).amax(-1, keepdim=True).expand(*res.shape[:-1], t.shape[-1])
+    tot = ((tg - tg.mean(dim, keepdim=True)) ** 2).sum(dim)
+    return r2_from_sums(res, tot).amax(-1, keepdim=True).expand(*res.shape[:-1], t.shape[-1])
 
 
 def direct_scores(s: WuSettings, p: Prompt, positions: tuple[int, ...], gen: torch.Generator,
@@ -322,7 +321,7 @@ def direct_scores(s: WuSettings, p: Prompt, positions: tuple[int, ...], gen: tor
     for k in positions:
         preds = learner.epoch_predictions(X[:, :k], Y[:, :k], X[:, k:k + 1]).cpu()  # (E, P, 1, 1)
         target = Y[:, k:k + 1].cpu()
-        scores = r2_batched(preds, target)[:, 0]  # (E,)
+        scores = r2_per_position(preds, target)[:, 0]  # (E,)
         e = int(scores.argmax())
         # interval of the best-over-epochs R²: resample prompts, recompute every epoch's R², take the max
         pairs = torch.cat([preds[:, :, 0, 0].T, target[:, 0]], dim=-1)  # (P, E + 1)
