@@ -38,6 +38,7 @@ import torch
 
 from icgd._checks import as_float_tensor, positive_float, positive_int
 from icgd.errors import NonFiniteError, ShapeError, SpecError
+from icgd.tokens import check_prompt
 
 __all__ = [
     "Predictor",
@@ -111,8 +112,11 @@ def _optional_d(d) -> int | None:
     return None if d is None else positive_int(d, "d")
 
 
-def _context(X, Y, x_query, query_name: str = "x_query") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``X (B, n, d)``, ``Y (B, n, d_out)`` (``(B, n)`` accepted), queries ``(B, m, d)`` (``(m, d)`` shared)."""
+def _context(X, Y, x_query=None, query_name: str = "x_query"):
+    """Batched prompts for the metrics, validated by the one prompt validator :func:`icgd.tokens.check_prompt`:
+    ``X (B, n, d)``, ``Y (B, n, d_out)`` and, when given, queries ``(B, m, d)``; returns ``(X, Y, queries or None)``.
+    Two conveniences on top of it: ``Y (B, n)`` is one output, and queries ``(m, d)`` are shared by all prompts.
+    Unlike a learner, the metrics need the batch axis: a 2-D X is refused."""
     X = _tensor(X, "X")
     if X.dim() != 3:
         raise ShapeError(
@@ -123,19 +127,16 @@ def _context(X, Y, x_query, query_name: str = "x_query") -> tuple[torch.Tensor, 
     Y = _tensor(Y, "Y", like=X)
     if Y.dim() == 2 and tuple(Y.shape) == (B, n):
         Y = Y.unsqueeze(-1)
-    if Y.dim() != 3 or tuple(Y.shape[:2]) != (B, n):
-        raise ShapeError(f"Y must be (B, n, d_out) = ({B}, {n}, d_out) to match X {tuple(X.shape)}, "
-                         f"got shape {tuple(Y.shape)}")
-    q = _tensor(x_query, query_name, like=X)
-    if q.dim() == 2 and q.shape[-1] == d:
+    q = None if x_query is None else _tensor(x_query, query_name, like=X)
+    if q is not None and q.dim() == 2 and q.shape[-1] == d:
         q = q.unsqueeze(0).expand(B, -1, -1)
-    if q.dim() != 3 or q.shape[0] != B or q.shape[-1] != d:
-        raise ShapeError(
-            f"{query_name} must be (B, m, d) = ({B}, m, {d}) to match X {tuple(X.shape)}, or (m, {d}) shared by "
-            f"all prompts; got shape {tuple(q.shape)}"
-        )
-    if q.shape[1] == 0:
-        raise ShapeError(f"{query_name} has no points (shape {tuple(q.shape)}); pass at least one query per prompt")
+    try:
+        X, Y, q, _ = check_prompt(X, Y, q, min_pairs=0)
+    except ShapeError as e:
+        msg = str(e).replace("x_query", query_name)
+        if msg.startswith(query_name):
+            msg += f"; (m, {d}) is also accepted, shared by all prompts"
+        raise ShapeError(msg) from None
     return X, Y, q
 
 
@@ -513,14 +514,7 @@ def preds_diff(learner_a, learner_b, X, Y, x_query) -> float:
 
 
 def _xy(X, Y) -> tuple[torch.Tensor, torch.Tensor]:
-    X = _tensor(X, "X")
-    if X.dim() != 3:
-        raise ShapeError(f"X must be (B, n, d), got shape {tuple(X.shape)}; for one prompt use X[None]")
-    Y = _tensor(Y, "Y", like=X)
-    if Y.dim() == 2 and tuple(Y.shape) == tuple(X.shape[:2]):
-        Y = Y.unsqueeze(-1)
-    if Y.dim() != 3 or Y.shape[:2] != X.shape[:2]:
-        raise ShapeError(f"Y must be (B, n, d_out) with (B, n) = {tuple(X.shape[:2])} like X, got {tuple(Y.shape)}")
+    X, Y, _ = _context(X, Y)
     return X, Y
 
 

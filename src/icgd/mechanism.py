@@ -43,6 +43,7 @@ from icgd.analysis import _fit_linear, fit_linear_probe, r2_from_sums
 from icgd.errors import ConfigError, ShapeError, SpecError
 from icgd.learners.base import Learner
 from icgd.nets import NetSpec, forward
+from icgd.tokens import check_prompt
 
 READOUTS = ("auto", "slot", "lens", "probe")
 
@@ -468,10 +469,10 @@ def layer_alignment(model, X, Y, x_query, candidates: Mapping, *, readout: str =
     reader = _reader(model)
     readout = _check_readout(readout, reader)
     n_boot, level = positive_int(n_boot, "n_boot", minimum=2), positive_float(level, "level")
-    X, Y, xq = (torch.as_tensor(t) for t in (X, Y, x_query))
-    if X.dim() != 3 or Y.dim() != 3 or xq.dim() != 3 or X.shape[0] < 2:
+    X, Y, xq, single = check_prompt(X, Y, x_query)
+    if single or X.shape[0] < 2:
         raise ShapeError(f"X, Y, x_query must be (B, n, d), (B, n, d_out), (B, m, d) with B >= 2 prompts; got "
-                         f"{tuple(X.shape)}, {tuple(Y.shape)}, {tuple(xq.shape)}")
+                         f"{'one unbatched prompt' if single else f'X of shape {tuple(X.shape)}'}")
     C = _candidate_predictions(candidates, X, Y, xq)
     R = _readouts(reader, readout, X, Y, xq, w0, probe_prompts, probe_lam)
     if R.shape[1:] != C.shape[1:]:
