@@ -255,7 +255,7 @@ def test_bad_arguments():
 
 def test_layout_matches_the_paper_dimension():
     spec = NetSpec(3, 8, 3, 3)
-    assert wu_layout(spec).dim == 180  # construction notes: N=3, d=3, K=8 gives D = 180
+    assert wu_layout(spec).dim == 180  # Wu's layout for N=3, d=3, K=8: D = 180
     assert wu_layout(NetSpec(3, 8, 4, 3)).dim == 268
 
 

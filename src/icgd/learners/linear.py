@@ -381,13 +381,14 @@ class SGD(Learner):
 
     * ``window=1`` (default ``None`` is different!) is the paper's one-pass SGD,
       ``w_i = w_{i−1} − 2α(x_{i−1}x_{i−1}ᵀw_{i−1} − x_{i−1}y_{i−1} + λw_{i−1})``.
-    * ``window=None`` uses every pair seen so far (one growing-batch GD step per arrival), the anchor's ``window=-1``.
+    * ``window=None`` uses every pair seen so far (one growing-batch GD step per arrival), ``window=-1`` in Akyürek et al.'s
+      published code.
 
-    Correct windowing, compared with the anchor code (``algos.SGD.iterate``): that code starts each window at
+    Correct windowing, compared with Akyürek et al.'s published code (``algos.SGD.iterate``): that code starts each window at
     ``min(0, i − window)``, which is ≤ 0, so its windows are never windows: for ``i ≥ window`` the step uses the
     whole prefix ``x[0 : i+1]``, and for ``i < window`` the negative start wraps round to the end of the array and
     the slice is empty (no step). Even ``max(0, i − window)`` would take ``window + 1`` pairs. Here ``W_t`` holds
-    exactly ``min(window, t + 1)`` pairs. The anchor's gradient clamp to ±20 is not applied.
+    exactly ``min(window, t + 1)`` pairs. That code's gradient clamp to ±20 is not applied.
     """
 
     name = "sgd"
