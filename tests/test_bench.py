@@ -99,3 +99,70 @@ def test_missed_targets_are_reported_with_their_bound():
     result = tr.TrainingResult(tr.TrainingBenchConfig(), "cpu", True, "sdpa", [r], "")
     (bound,) = _bounds(result)
     assert "6L/4H/128: 83% of icgd's profiled step" in bound and "at most 1.60×" in bound
+
+
+OLD_LAYOUT = """| | |
+|---|---|
+| date | 2026-11-23 23:12 UTC |
+
+### 6L/4H/128 (6 layers, 4 heads, width 128)
+
+| model | trained params | training steps/s | × HF | eval prompts/s | × HF | training memory | × HF |
+|---|---|---|---|---|---|---|---|
+| HF GPT2Model + linear read-in/out | 1,203,201 | 1.06 (0.762–1.2) | – | 190 (163–201) | – | 744.4 MB (peak 1.2 GB) | – |
+| icgd ICLTransformer (softmax) | 1,203,329 | 1.42 (0.973–1.55) | **1.34×** (1.21–1.65) | 298 (265–308) | **1.56×** (1.44–1.67) | 331.9 MB (peak 682.1 MB) | **0.45×** |
+
+| learner | mode | prompts | batched | per-prompt loop | ratio | max abs diff (max abs output) |
+|---|---|---|---|---|---|---|
+| ols | predict | 1280 | 18.4 ms (17.6 ms–18.6 ms) | 272.9 ms (263.6 ms–297.7 ms)* | **15.54×** (14.16–16.17) | 1.1e-14 (1.7e+01) |
+| direct | prefix | 8 | 31.81 s | 31.09 s | **0.98×** | 0.0e+00 (7.5e+00) |
+"""
+
+
+def test_previous_figures_parse_from_the_layout_without_previous_columns(tmp_path):
+    from icgd.bench.previous import first_number, parse, read
+
+    prev = parse(OLD_LAYOUT)
+    assert prev.date == "2026-11-23" and prev.label() == "previous (2026-11-23)"
+    icgd = prev.model("6L/4H/128", "icgd ICLTransformer (softmax)")
+    assert (icgd.train_ratio, icgd.eval_ratio, icgd.memory, icgd.memory_ratio) == (1.34, 1.56, "331.9 MB", 0.45)
+    hf = prev.model("6L/4H/128", "HF GPT2Model + linear read-in/out")
+    assert hf.train_ratio is None and hf.memory == "744.4 MB" and hf.memory_ratio is None
+    assert prev.learners == {("ols", "predict"): 15.54, ("direct", "prefix"): 0.98}
+    assert first_number("**1.2e+01×** (1–2)") == 12.0 and first_number("–") is None
+    assert read(tmp_path / "missing.md") is None
+    (tmp_path / "other.md").write_text("# nothing here\n")
+    assert read(tmp_path / "other.md") is None
+
+
+def test_previous_columns_round_trip_through_the_new_layout():
+    """A file written with previous columns parses back to its own current figures, and the previous values
+    are printed beside them."""
+    from icgd.bench.common import Stats
+    from icgd.bench.learners import LearnersBenchConfig, LearnersResult, LearnerRow
+    from icgd.bench.previous import parse
+    from icgd.bench.report import learners_section, training_section
+
+    def s(x):
+        return Stats(x, x, x, 3)
+
+    r = tr.SizeResult(size=tr.ModelSize(6, 4, 128), params={"hf": 1, "icgd": 1},
+                      train={"hf": s(0.8), "icgd": s(0.5)}, evaluate={"hf": s(0.2), "icgd": s(0.1)},
+                      train_ratio={"hf": s(1.0), "icgd": s(1.6)}, eval_ratio={"hf": s(1.0), "icgd": s(2.0)},
+                      memory={"hf": {"delta": 1_000_000, "peak": 2_000_000}, "icgd": {"delta": 400_000,
+                                                                                       "peak": 900_000}})
+    result = tr.TrainingResult(tr.TrainingBenchConfig(profile=False), "cpu", True, "sdpa", [r], "")
+    row = LearnerRow("ols", "predict", 1280, 128, s(0.01), s(0.3), s(30.0), 1e-14, 17.0)
+    learners = LearnersResult(LearnersBenchConfig(), [row])
+    old = parse(OLD_LAYOUT)
+    text = "\n".join(["| date | 2026-12-24 10:00 UTC |", *training_section(result, old),
+                      *learners_section(learners, old)])
+    assert "| **1.60×** (1.60–1.60) | 1.34× |" in text and "| **2.00×** (2.00–2.00) | 1.56× |" in text
+    assert "| **0.40×** | 331.9 MB, 0.45× |" in text and "| 744.4 MB, – |" not in text
+    assert "| **30.00×** (30.00–30.00) | 15.54× |" in text and "previous (2026-11-23)" in text
+    again = parse(text)
+    icgd = again.model("6L/4H/128", "icgd ICLTransformer (softmax)")
+    assert (icgd.train_ratio, icgd.eval_ratio, icgd.memory, icgd.memory_ratio) == (1.6, 2.0, "400.0 kB", 0.4)
+    assert again.learners == {("ols", "predict"): 30.0} and again.date == "2026-12-24"
+    fresh = "\n".join(training_section(result, None))
+    assert "| **1.60×** (1.60–1.60) | – |" in fresh and "no earlier results file" in fresh

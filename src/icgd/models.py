@@ -383,7 +383,7 @@ class ICLTransformer(HookedModel):
         T_ctx = h.shape[1]
         pos = torch.arange(T_ctx, device=h.device)
         if xq is None:
-            h = h + self.wpe(pos)
+            h = h.add_(self.wpe(pos))  # h is _tokens' fresh sum: in place saves a (B, T, E) buffer, same bits
             vis = Visibility(T_ctx, h.device, h.dtype)
             step = self.config.tokens_per_point
             return h, vis, slice(0, T_ctx, step)

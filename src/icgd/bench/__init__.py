@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from icgd.bench import construction, learners, training
+from icgd.bench import construction, learners, previous, training
 from icgd.bench.common import THREADS_NOTE, load_average, machine
 from icgd.bench.report import Report, write
 from icgd.errors import ICGDError, SpecError
@@ -69,12 +69,15 @@ def bench_config(quick: bool = False, device: str = "cpu", threads: int = 1,
 
 def run_bench(cfg: BenchConfig, out: Path | str = DEFAULT_OUT, command: str = "icgd bench",
               log: Callable[[str], None] = print) -> tuple[Path, Path]:
-    """Run the configured sections, write the markdown to `out` and the figure beside it; returns both paths."""
+    """Run the configured sections, write the markdown to `out` and the figure beside it; returns both paths. The
+    figures of the file already at `out` (if any) are read first and shown beside the new ones
+    (:mod:`icgd.bench.previous`)."""
     if cfg.threads < 0:
         raise SpecError(f"threads must be ≥ 0 (0: torch's default), got {cfg.threads}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
+    before = previous.read(out)
     info = machine(device)
     start = time.perf_counter()
     results = {
@@ -82,7 +85,7 @@ def run_bench(cfg: BenchConfig, out: Path | str = DEFAULT_OUT, command: str = "i
         "construction": construction.run(cfg.construction, device, log) if "construction" in cfg.sections else None,
         "learners": learners.run(cfg.learners, device, log) if "learners" in cfg.sections else None,
     }
-    rep = Report(command, info, load_average(), time.perf_counter() - start, **results)
+    rep = Report(command, info, load_average(), time.perf_counter() - start, **results, previous=before)
     return write(rep, Path(out))
 
 

@@ -17,10 +17,12 @@ from icgd.bench.construction import ConstructionResult  # noqa: E402
 from icgd.bench.estimator import PREVIOUS as PREVIOUS_ESTIMATOR  # noqa: E402
 from icgd.bench.estimator import EstimatorResult  # noqa: E402
 from icgd.bench.learners import LearnersResult  # noqa: E402
+from icgd.bench.previous import Previous  # noqa: E402
 from icgd.bench.profile import CATEGORIES, OTHER  # noqa: E402
-from icgd.bench.training import ANCHOR, HF_MISSING, SizeResult, TrainingResult  # noqa: E402
+from icgd.bench.training import ANCHOR, HF_MISSING, SizeResult, TrainingResult, optimizer_label  # noqa: E402
 
 TRAIN_TARGET, EVAL_TARGET, MEMORY_TARGET = 1.5, 1.3, 0.6
+OTHER_ELEMENTWISE = CATEGORIES[-1][0]  # "other elementwise, copies, reductions"
 CONSTRUCTION_TARGET, LEARNERS_TARGET = 3.0, 50.0
 SWEEP_TARGET, ESTIMATOR_TARGET = 8.0, 1.0  # × autograd at every scaling row; seconds for fit + predict
 LABELS = {"hf": "HF GPT2Model + linear read-in/out", "icgd": "icgd ICLTransformer (softmax)",
@@ -36,6 +38,7 @@ class Report:
     training: TrainingResult | None
     construction: ConstructionResult | None
     learners: LearnersResult | None
+    previous: Previous | None = None  # the figures of the file this run replaces (icgd.bench.previous)
 
 
 def _check(ok: bool) -> str:
@@ -55,21 +58,44 @@ def _per_s(t: Stats, scale: float = 1.0) -> str:
 # section 1
 
 
-def _size_table(r: SizeResult, batch: int) -> list[str]:
+def _prev_ratio(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}×"
+
+
+def _prev_memory(m) -> str:
+    if m is None or m.memory is None:
+        return "–"
+    return m.memory + (f", {m.memory_ratio:.2f}×" if m.memory_ratio is not None else "")
+
+
+def _size_table(r: SizeResult, batch: int, previous: Previous | None = None) -> list[str]:
+    """The size's table; each × HF column and the memory column with the previous run's value beside it."""
     hf = ANCHOR in r.train
-    lines = ["| model | trained params | training steps/s | × HF | eval prompts/s | × HF | training memory | × HF |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | trained params | training steps/s | × HF | previous × HF | eval prompts/s | × HF | "
+             "previous × HF | training memory | × HF | previous |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for v in r.train:
+        label = LABELS.get(v, v)
+        old = previous.model(r.size.label, label) if previous else None
         mem = r.memory.get(v)
         mem_s = f"{fmt_bytes(mem['delta'])} (peak {fmt_bytes(mem['peak'])})" if mem else "–"
         mem_ratio = "–"
         if mem and hf and v != ANCHOR and ANCHOR in r.memory:
             mem_ratio = f"**{mem['delta'] / r.memory[ANCHOR]['delta']:.2f}×**"
-        lines.append(f"| {LABELS.get(v, v)} | {r.params[v]:,} | {_per_s(r.train[v])} | "
+        lines.append(f"| {label} | {r.params[v]:,} | {_per_s(r.train[v])} | "
                      f"{fmt_ratio(r.train_ratio[v]) if hf and v != ANCHOR else '–'} | "
+                     f"{_prev_ratio(old.train_ratio if old else None)} | "
                      f"{_per_s(r.evaluate[v], batch)} | {fmt_ratio(r.eval_ratio[v]) if hf and v != ANCHOR else '–'} | "
-                     f"{mem_s} | {mem_ratio} |")
+                     f"{_prev_ratio(old.eval_ratio if old else None)} | "
+                     f"{mem_s} | {mem_ratio} | {_prev_memory(old)} |")
     return lines
+
+
+def _previous_note(previous: Previous | None) -> str:
+    if previous is None:
+        return ("*Previous* columns: no earlier results file at this path, so none are shown (–).")
+    return (f"*Previous* columns: the figures of the results file this run replaced ({previous.label()}), read back "
+            f"from its tables; they were measured under that run's load, so compare them as ratios.")
 
 
 def _missed_by(value: float, target: float, higher_is_better: bool = True) -> str:
@@ -134,19 +160,30 @@ def _bounds(t: TrainingResult) -> list[str]:
             f"measured step times (icgd {step * 1e3:.0f} ms, HF {hf_step * 1e3:.0f} ms) that shared work is "
             f"≈ {core * 1e3:.0f} ms of icgd's step, so even with everything else free the ratio would be at most "
             f"{hf_step / core:.2f}×; {TRAIN_TARGET}× would leave {max(allowed, 0) * 1e3:.0f} ms per step for "
-            f"LayerNorm, GELU, residual adds, bias gradients and AdamW, which take ≈ {rest * 1e3:.0f} ms now. The hot "
-            f"spots are the GEMMs (already near the core's fp32 peak) and the SDPA kernel.")
+            f"LayerNorm, GELU, residual adds, bias gradients and AdamW, which take ≈ {rest * 1e3:.0f} ms now "
+            f"(profiled: GELU {ours['activation (GELU)'] * 1e3:.0f} ms, LayerNorm {ours['layer norm'] * 1e3:.0f} ms, "
+            f"other elementwise ops, copies and reductions {ours[OTHER_ELEMENTWISE] * 1e3:.0f} ms, against HF's "
+            f"{theirs['activation (GELU)'] * 1e3:.0f}, {theirs['layer norm'] * 1e3:.0f} and "
+            f"{theirs[OTHER_ELEMENTWISE] * 1e3:.0f} ms). Most of that rest is one memory pass per op over (B·T, width) "
+            f"activations that both models make: `addmm` copies the bias into its output before the GEMM, autograd "
+            f"sums every bias gradient over B·T rows, the QKV split's backward concatenates three gradients, exact "
+            f"GELU evaluates erf forward and backward; icgd's update is one fused AdamW kernel. What is left to cut is "
+            f"below the ratio's round-to-round scatter; the hot spots are the GEMMs (already near the core's fp32 "
+            f"peak) and the SDPA kernel, the same kernels on both sides.")
     return out
 
 
-def training_section(t: TrainingResult | None) -> list[str]:
+def training_section(t: TrainingResult | None, previous: Previous | None = None) -> list[str]:
     lines = ["## 1. Training and evaluation throughput: ICLTransformer vs HuggingFace GPT2Model", ""]
     if t is None:
         return lines + ["Not run (`--only`).", ""]
     c = t.config
     lines += [
         f"Batch {c.batch}, {c.points} points (T = {2 * c.points} interleaved tokens), d = {c.d}, float32, AdamW "
-        f"(lr {c.lr}) for every model, device {t.device}. The anchor is Garg et al.'s setup: `Linear(d → E)` on "
+        f"(lr {c.lr}, torch's other defaults) for every model, device {t.device}; the anchor with "
+        f"{optimizer_label(ANCHOR)} (what Garg et al.'s and HuggingFace's scripts construct), icgd's models with "
+        f"{optimizer_label('icgd')} (what `icgd train` constructs, `icgd.train.loop.adamw`). The anchor is Garg et "
+        f"al.'s setup: `Linear(d → E)` on "
         f"`x, [y, 0…]` tokens, `GPT2Model(inputs_embeds=…)` (dropout 0, no KV cache, attention implementation "
         f"`{t.attn_implementation}`, GELU `gelu_new`) and `Linear(E → 1)` at the x tokens. icgd's model uses its "
         f"defaults (exact GELU). A training step is zero_grad, forward, MSE, backward, AdamW step on a pre-sampled "
@@ -157,12 +194,14 @@ def training_section(t: TrainingResult | None) -> list[str]:
         "",
         f"Training memory: {t.memory_method}; one probe per model; the × HF column compares the rises.",
         "",
+        _previous_note(previous),
+        "",
     ]
     if not t.hf_available:
         lines += [f"HuggingFace anchor: {HF_MISSING}.", ""]
     for r in t.sizes:
         lines += [f"### {r.size.label} ({r.size.n_layer} layers, {r.size.n_head} heads, width {r.size.n_embd})", ""]
-        lines += _size_table(r, c.batch) + [""]
+        lines += _size_table(r, c.batch, previous) + [""]
     targets = [ln for r in t.sizes for ln in _targets(r)]
     if targets:
         lines += ["**Targets** (icgd softmax unless stated):", ""] + targets + [""]
@@ -274,7 +313,7 @@ def estimator_section(e: EstimatorResult | None) -> list[str]:
 # section 3
 
 
-def learners_section(r: LearnersResult | None) -> list[str]:
+def learners_section(r: LearnersResult | None, previous: Previous | None = None) -> list[str]:
     lines = ["## 3. Baselines: batched learners vs a per-prompt loop", ""]
     if r is None:
         return lines + ["Not run (`--only`).", ""]
@@ -286,15 +325,16 @@ def learners_section(r: LearnersResult | None) -> list[str]:
         f"interleaved rounds after a warm-up; `*` = the loop ran on the first prompts only and its time is scaled to "
         f"the row's prompts. The direct-training baseline (Wu et al.: depth {c.direct_depth}, width "
         f"{c.direct_width}, {c.direct_epochs} full-batch Adam epochs per network) runs on fewer prompts, "
-        f"{c.direct_repeats} round(s).",
+        f"{c.direct_repeats} round(s). " + _previous_note(previous),
         "",
-        "| learner | mode | prompts | batched | per-prompt loop | ratio | max abs diff (max abs output) |",
-        "|---|---|---|---|---|---|---|",
+        "| learner | mode | prompts | batched | per-prompt loop | ratio | previous ratio | max abs diff (max abs output) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in r.rows:
         mark = "*" if row.loop_prompts < row.prompts else ""
+        old = previous.learners.get((row.name, row.mode)) if previous else None
         lines.append(f"| {row.name} | {row.mode} | {row.prompts} | {fmt_stats(row.batched, fmt_time)} | "
-                     f"{fmt_stats(row.loop, fmt_time)}{mark} | {fmt_ratio(row.ratio)} | "
+                     f"{fmt_stats(row.loop, fmt_time)}{mark} | {fmt_ratio(row.ratio)} | {_prev_ratio(old)} | "
                      f"{row.diff:.1e} ({row.scale:.1e}) |")
     if r.rows:
         ratios = sorted(row.ratio.median for row in r.rows)
@@ -427,9 +467,9 @@ def markdown(rep: Report, figure: str) -> str:
               f"Threads: {m.get('threads')} ({THREADS_NOTE}). Absolute times depend on the load; the ratios compare "
               "things measured in the same process, interleaved round by round, so both sides see the same load.", "",
               f"![benchmark figure]({figure})", ""]
-    lines += training_section(rep.training)
+    lines += training_section(rep.training, rep.previous)
     lines += construction_section(rep.construction)
-    lines += learners_section(rep.learners)
+    lines += learners_section(rep.learners, rep.previous)
     return "\n".join(lines).rstrip() + "\n"
 
 
