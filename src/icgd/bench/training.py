@@ -2,8 +2,8 @@
 today, HuggingFace ``GPT2Model`` between a linear read-in and read-out on interleaved ``x``/``[y, 0…]`` tokens.
 
 Training steps/s, evaluation prompts/s and peak training memory at identical sizes, batch, prompt length and
-optimizer hyper-parameters (AdamW; icgd's models with the fused AdamW kernel that icgd's trainer uses, the anchor
-with torch.optim.AdamW's default implementation, see :func:`optimizer`). All models live in one process and run
+optimizer (torch.optim.AdamW's default implementation, the optimizer of icgd's trainer and of Garg et al.'s and
+HuggingFace's scripts). All models live in one process and run
 round-robin, one step each per round, so they see the same background load; the ratios are medians of per-round
 ratios. Peak training memory is measured in a fresh child process per model on CPU (peak RSS during the steps minus
 RSS before them) and with ``torch.cuda.max_memory_allocated`` on a GPU.
@@ -27,7 +27,6 @@ from icgd.bench.common import (Stats, interleaved, paired_ratio, peak_rss_bytes,
 from icgd.bench.profile import profiled_models
 from icgd.errors import ICGDError
 from icgd.models import ICLTransformer
-from icgd.train.loop import adamw
 
 HF_MISSING = "not measured: install icgd[bench] (pip install 'icgd[bench]') for the HuggingFace anchor"
 ANCHOR = "hf"  # key of the HuggingFace model in the results
@@ -147,25 +146,11 @@ def batches(cfg: TrainingBenchConfig, device: torch.device, count: int = 4) -> l
     return out
 
 
-def optimizer(variant: str, model: nn.Module, cfg: TrainingBenchConfig) -> torch.optim.Optimizer:
-    """AdamW with torch's defaults but `lr` for every model. The anchor keeps ``torch.optim.AdamW``'s default
-    implementation (what Garg et al.'s and HuggingFace's training scripts construct: no ``fused`` flag, so the
-    per-parameter for-loop on CPU); icgd's models get the optimizer ``icgd train`` builds
-    (:func:`icgd.train.loop.adamw`: the fused kernel)."""
-    if variant == ANCHOR:
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    return adamw(model.parameters(), lr=cfg.lr)
-
-
-def optimizer_label(variant: str) -> str:
-    opt = optimizer(variant, nn.Linear(1, 1), TrainingBenchConfig())
-    return "AdamW, fused kernel" if opt.defaults.get("fused") else "AdamW, default (for-loop) implementation"
-
-
 def train_stepper(model: nn.Module, cfg: TrainingBenchConfig, data: list, variant: str = ANCHOR
                   ) -> Callable[[], None]:
-    """One AdamW step per call (:func:`optimizer` of `variant`), cycling through `data`."""
-    opt = optimizer(variant, model, cfg)
+    """One AdamW step per call (torch.optim.AdamW's default implementation for every model), cycling through
+    `data`."""
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     state = {"i": 0}
 
     def step() -> None:
