@@ -21,22 +21,20 @@ Shapes: B prompts, n context points, m queries, T tokens, E = n_embd, H heads, d
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
-from functools import cached_property
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from icgd._checks import as_float_tensor, positive_float, positive_int
 from icgd.errors import ShapeError, SpecError
 from icgd.hooks import HookedModel, HookPoint
-from icgd.layers.attention import LinearAttention
+from icgd.layers.attention import FusedSelfAttention, LinearAttention, Visibility
 from icgd.layers.mlp import MLP
 from icgd.tokens import Prompt, check_prompt
 
-ATTENTION_KINDS = ("softmax", "relu", "linear")
+ATTENTION_KINDS = FusedSelfAttention.KINDS
 TOKEN_FORMATS = ("interleaved", "concat")
 MLP_ACTIVATIONS = ("gelu", "gelu_tanh", "relu")  # of icgd.layers.MLP; GELU with erf is GPT-2's GELU computed exactly
 
@@ -96,108 +94,6 @@ class ICLTransformerConfig:
         return 2 if self.token_format == "interleaved" else 1
 
 
-class Visibility:
-    """Which keys each query token reads: causal (token t reads s ≤ t) or an explicit boolean ``(T_q, T)`` mask.
-
-    ``weights`` is the 0/1 mask as floats and ``inv_count`` the reciprocal number of visible keys per query token
-    ``(T_q, 1)``, the normalisation of ReLU and linear attention."""
-
-    def __init__(self, T: int, device: torch.device, dtype: torch.dtype, allowed: torch.Tensor | None = None):
-        self.T, self.device, self.dtype = T, device, dtype
-        self.is_causal = allowed is None
-        self._allowed = allowed
-
-    def rows(self, keep: slice) -> Visibility:
-        """The visibility of the query tokens `keep` only (all tokens stay keys)."""
-        sub = Visibility(self.T, self.device, self.dtype, self.allowed[keep])
-        sub.inv_count = self.inv_count[keep]
-        return sub
-
-    @cached_property
-    def allowed(self) -> torch.Tensor:
-        if self._allowed is None:
-            return torch.ones(self.T, self.T, dtype=torch.bool, device=self.device).tril_()
-        return self._allowed
-
-    @cached_property
-    def weights(self) -> torch.Tensor:
-        return self.allowed.to(self.dtype)
-
-    @cached_property
-    def inv_count(self) -> torch.Tensor:
-        if self.is_causal:
-            return 1.0 / torch.arange(1, self.T + 1, device=self.device, dtype=self.dtype)[:, None]
-        return 1.0 / self.allowed.sum(-1, keepdim=True).to(self.dtype)
-
-
-def softmax_attention(q, k, v, vis: Visibility, hook: HookPoint) -> torch.Tensor:
-    """``softmax(q kᵀ/√dh) v`` over the visible keys; the fused SDPA kernel unless `hook` listens."""
-    if not hook.active:
-        if vis.is_causal:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=vis.allowed)
-    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, H, T, T)
-    att = torch.softmax(att.masked_fill(~vis.allowed, float("-inf")), dim=-1)
-    return hook(att) @ v
-
-
-def _scores(q, k, vis: Visibility) -> torch.Tensor:
-    """Masked raw scores ``q kᵀ`` (B, H, T, T); the 1/√dh scale is applied later, on the (T, dh) output, which
-    is exact for linear scores and for ReLU (relu(c·s) = c·relu(s) for c > 0)."""
-    att = q @ k.transpose(-2, -1)
-    # in place is safe: matmul's backward does not need its output
-    return att.tril_() if vis.is_causal else att.mul_(vis.weights)
-
-
-def _normalised(att, v, vis: Visibility, hook: HookPoint) -> torch.Tensor:
-    """``pattern @ v`` with pattern = att · (1/√dh) / (number of visible keys)."""
-    scale = vis.inv_count * (1.0 / math.sqrt(v.shape[-1]))  # (T, 1)
-    if hook.active:  # materialise the pattern actually applied to the values
-        return hook(att * scale) @ v
-    return (att @ v).mul_(scale)  # scale the (T, dh) output, not the (T, T) scores
-
-
-def relu_attention(q, k, v, vis: Visibility, hook: HookPoint) -> torch.Tensor:
-    """``(1/|visible_t|) Σ_{s visible} relu(⟨q_t, k_s⟩/√dh) v_s``: Wu/Bai's ReLU attention normalised by the number
-    of keys each token sees (t + 1 under the causal mask), with GPT-2's 1/√dh score scale."""
-    return _normalised(_scores(q, k, vis).relu_(), v, vis, hook)
-
-
-def linear_attention(q, k, v, vis: Visibility, hook: HookPoint) -> torch.Tensor:
-    """``(1/|visible_t|) Σ_{s visible} (⟨q_t, k_s⟩/√dh) v_s``: linear attention normalised like ReLU attention."""
-    return _normalised(_scores(q, k, vis), v, vis, hook)
-
-
-ATTENTION: dict[str, Callable[..., torch.Tensor]] = {
-    "softmax": softmax_attention, "relu": relu_attention, "linear": linear_attention,
-}
-
-
-class SelfAttention(nn.Module):
-    """Multi-head self-attention with one fused QKV projection (nanoGPT's ``CausalSelfAttention``)."""
-
-    def __init__(self, cfg: ICLTransformerConfig):
-        super().__init__()
-        self.n_head, self.n_embd = cfg.n_head, cfg.n_embd
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
-        self.attend = ATTENTION[cfg.attention]
-        self.hook_pattern = HookPoint()  # (B, H, T, T), only when hooked
-        self.hook_z = HookPoint()  # (B, T, H, dh): per-head output before c_proj
-
-    def forward(self, x: torch.Tensor, vis: Visibility, keep: slice | None = None) -> torch.Tensor:
-        """Attention output of every token, or of the query tokens `keep` only (all tokens stay keys)."""
-        B, T, E = x.shape
-        q, k, v = self.c_attn(x).split(E, dim=2)
-        q = q.view(B, T, self.n_head, E // self.n_head).transpose(1, 2)  # (B, H, T, dh)
-        k = k.view(B, T, self.n_head, E // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, E // self.n_head).transpose(1, 2)
-        if keep is not None:
-            q, vis = q[:, :, keep], vis.rows(keep)
-        y = self.attend(q, k, v, vis, self.hook_pattern)  # (B, H, T_q, dh)
-        return self.c_proj(self.hook_z(y.transpose(1, 2)).reshape(B, q.shape[2], E))
-
-
 def _mlp(cfg: ICLTransformerConfig) -> MLP:
     """GPT-2's position-wise MLP, Linear → activation → Linear, as :class:`icgd.layers.MLP` (``residual=False``).
 
@@ -225,7 +121,7 @@ class Block(nn.Module):
     def __init__(self, cfg: ICLTransformerConfig):
         super().__init__()
         self.ln_1 = _norm(cfg)
-        self.attn = SelfAttention(cfg)
+        self.attn = FusedSelfAttention(cfg.n_embd, cfg.n_head, cfg.attention)
         self.ln_2 = _norm(cfg) if cfg.mlp else None
         self.mlp = _mlp(cfg) if cfg.mlp else None
         self.hook_resid_pre = HookPoint()  # (B, T, E)
