@@ -3,9 +3,11 @@
 :class:`ICLTransformer` is the model of Garg et al. (2022) written in plain PyTorch in the style of nanoGPT: a linear
 read-in of prompt tokens, learned positions, pre-LayerNorm blocks (``x + attn(ln_1(x))``, ``x + mlp(ln_2(x))``), a
 final LayerNorm and a linear read-out. ``forward(X, Y)`` predicts every ``y_i`` from the pairs before it in one
-causal pass. Attention is softmax (fused QKV + ``scaled_dot_product_attention``), ReLU (Bai et al. 2023 Def. 1 /
-Wu et al. 2025 Def. 7, as trained by Wu et al.) or linear; ``loop > 1`` re-applies the same blocks (Yang et al.,
-ICLR 2024, "looped transformers").
+causal pass. Attention is :class:`icgd.layers.FusedSelfAttention` (fused QKV ``c_attn`` + ``c_proj``): softmax
+(``scaled_dot_product_attention``), ReLU (Bai et al. 2023 Def. 1 / Wu et al. 2025 Def. 7, as trained by Wu et al.)
+or linear; ``loop > 1`` re-applies the same blocks (Yang et al., ICLR 2024, "looped transformers"). This module
+defines no attention equation: masks and normalisation are :class:`icgd.layers.Visibility`, the equations
+:func:`icgd.layers.softmax_attention` and :func:`icgd.layers.kernel_attention`.
 
 :class:`LSA` is the attention-only linear self-attention model of von Oswald et al. (ICML 2023) on ``(x_i, y_i)``
 tokens with query tokens ``(x_q, 0)``; its layers are those of :func:`icgd.constructions.linear_gd`, so a trained
@@ -162,16 +164,16 @@ class ICLTransformer(HookedModel):
     ``causal=False`` lets context tokens read each other both ways; it is only allowed with queries, since
     the prefix predictions would see their own labels.
 
-    **Attention**: ``"softmax"`` uses ``scaled_dot_product_attention``; ``"relu"`` is Wu/Bai's ReLU attention and
-    ``"linear"`` plain linear attention, both normalised by the number of visible tokens (t + 1 for token t under
-    the causal mask) and scaled by 1/√dh like GPT-2's scores.
+    **Attention** (:class:`icgd.layers.FusedSelfAttention`): ``"softmax"`` uses ``scaled_dot_product_attention``;
+    ``"relu"`` is Wu/Bai's ReLU attention and ``"linear"`` plain linear attention, both normalised by the number of
+    visible tokens (t + 1 for token t under the causal mask) and scaled by 1/√dh like GPT-2's scores.
 
     **Speed and memory** (CPU training is matmul-bound): one fused QKV projection; the fused SDPA kernel; for
     ReLU/linear attention the masks, 1/√dh and the 1/(t+1) normalisation are applied in place or to the (T, dh)
     output instead of the (T, T) scores; exact GELU (PyTorch's tanh-approximate kernel is ~3x slower on CPU);
-    only the prediction tokens go through the last block's
-    attention queries, MLP and the final LayerNorm (all tokens stay keys). The last shortcut is skipped while a
-    hook listens to the last block or ``hook_resid_final``, so cached activations keep every token.
+    only the prediction tokens go through the last block's attention queries (``keep``), MLP and the final
+    LayerNorm (all tokens stay keys). The last shortcut is skipped while a hook listens to the last block or
+    ``hook_resid_final``, so cached activations keep every token.
 
     **Looping** (``loop = L > 1``): the ``n_layer`` blocks are applied L times with shared weights (Yang et al.
     2024); with ``loop_inject`` the embedded input is added to the residual stream before every pass after the
@@ -179,7 +181,8 @@ class ICLTransformer(HookedModel):
 
     **Hook points** (:mod:`icgd.hooks`; full names, prefixed by ``loop.{k}.`` when ``loop > 1``): ``hook_embed``
     (read-in + positions), ``blocks.{i}.hook_resid_pre``, ``blocks.{i}.attn.hook_pattern`` (B, H, T, T),
-    ``blocks.{i}.attn.hook_z`` (B, T, H, dh: the head outputs before ``c_proj``), ``blocks.{i}.hook_attn_out``, ``blocks.{i}.hook_resid_mid``, ``blocks.{i}.hook_mlp_out``,
+    ``blocks.{i}.attn.hook_z`` (B, T, H, dh: the head outputs before ``c_proj``), ``blocks.{i}.hook_attn_out``,
+    ``blocks.{i}.hook_resid_mid``, ``blocks.{i}.hook_mlp_out``,
     ``blocks.{i}.hook_resid_post``, ``hook_resid_final`` (before the final LayerNorm, once per pass);
     ``hook_embed`` fires once, in pass 0. Softmax attention weights are only materialised when a hook
     listens to ``hook_pattern`` (SDPA does not expose them); ReLU/linear patterns are normalised weights.
@@ -285,13 +288,8 @@ class ICLTransformer(HookedModel):
             return h, vis, slice(0, T_ctx, step)
         m = xq.shape[1]
         h = torch.cat((h + self.wpe(pos), self._query_tokens(xq, Y) + self.wpe.weight[T_ctx]), dim=1)
-        T = T_ctx + m
-        allowed = torch.zeros(T, T, dtype=torch.bool, device=h.device)
-        ctx = torch.ones(T_ctx, T_ctx, dtype=torch.bool, device=h.device)
-        allowed[:T_ctx, :T_ctx] = ctx.tril_() if self.config.causal else ctx
-        allowed[T_ctx:, :T_ctx] = True
-        allowed[T_ctx:, T_ctx:] = torch.eye(m, dtype=torch.bool, device=h.device)
-        return h, Visibility(T, h.device, h.dtype, allowed), slice(T_ctx, T)
+        vis = Visibility.with_queries(T_ctx, m, self.config.causal, h.device, h.dtype)
+        return h, vis, slice(T_ctx, T_ctx + m)
 
     # --- forward --------------------------------------------------------------------------------------------
 

@@ -108,6 +108,20 @@ class Visibility:
             return cls(T, h.device, h.dtype, causal=causal)
         return cls(T, h.device, h.dtype, key_mask(h, causal, key_flag))
 
+    @classmethod
+    def with_queries(cls, n_ctx: int, m: int, causal: bool, device: torch.device, dtype: torch.dtype) -> Visibility:
+        """`n_ctx` context tokens (reading each other causally, or all of them when not `causal`) followed by `m`
+        query tokens that each read the whole context and themselves, never another query."""
+        T = n_ctx + m
+        allowed = torch.zeros(T, T, dtype=torch.bool, device=device)
+        ctx = torch.ones(n_ctx, n_ctx, dtype=torch.bool, device=device)
+        allowed[:n_ctx, :n_ctx] = ctx.tril_() if causal else ctx
+        allowed[n_ctx:, :n_ctx] = True
+        allowed[n_ctx:, n_ctx:] = torch.eye(m, dtype=torch.bool, device=device)
+        vis = cls(T, device, dtype, allowed)
+        vis.has_empty_rows = False  # every token reads itself (saves a device sync)
+        return vis
+
     def key_tokens(self, h: torch.Tensor) -> torch.Tensor:
         """The tokens that act as keys and values: the first `n_keys` when set, else all."""
         return h if self.n_keys is None else h[:, :self.n_keys]
@@ -115,11 +129,13 @@ class Visibility:
     def rows(self, keep: slice) -> Visibility:
         """The visibility of the query tokens `keep` only (all tokens stay keys)."""
         if self.is_full:
-            sub = Visibility(len(range(self.T)[keep]), self.device, self.dtype, causal=False, n_keys=self.S)
-            sub.n_keys = self.n_keys
+            sub = Visibility(len(range(self.T)[keep]), self.device, self.dtype, causal=False, n_keys=self.n_keys)
+            sub.S = self.S
             return sub
         sub = Visibility(self.T, self.device, self.dtype, self.allowed[..., keep, :])
         sub.inv_count = self.inv_count[..., keep, :]
+        if not self.has_empty_rows:  # known without looking at the mask again
+            sub.has_empty_rows = False
         return sub
 
     @cached_property
@@ -369,7 +385,9 @@ class ReLUAttention(HeadLayer):
 
 
 class _DenseAttention(nn.Module):
-    """Multi-head attention with dense per-head ``W_q, W_k, W_v (H, d_head, D)`` and ``W_o (H, D, d_head)``."""
+    """Multi-head attention with dense per-head ``W_q, W_k, W_v (H, d_head, D)`` and ``W_o (H, D, d_head)``: the
+    subclass's equation (:meth:`attend`) under the layer's :class:`Visibility` (`causal`, `key_flag`, or
+    ``forward(h, n_keys=n)``), then ``h + Σ_m W_o^m z_m``."""
 
     def __init__(self, dim: int, n_heads: int = 1, d_head: int | None = None, *, causal: bool = False,
                  key_flag: int | None = None, generator: torch.Generator | None = None,
@@ -427,7 +445,7 @@ class SoftmaxAttention(_DenseAttention):
 
     A token that may read no key (possible only with `key_flag`) gets a zero update."""
 
-    def attend(self, q, k, v, vis):
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, vis: Visibility) -> torch.Tensor:
         return softmax_attention(q, k, v, vis, self.hook_pattern)
 
 
@@ -450,7 +468,7 @@ class KernelAttention(_DenseAttention):
             raise SpecError(f"bandwidth must be > 0, got {bandwidth}")
         self.score, self.bandwidth = score, float(bandwidth)
 
-    def attend(self, q, k, v, vis):
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, vis: Visibility) -> torch.Tensor:
         return kernel_attention(q, k, v, vis, self.score, self.hook_pattern, bandwidth=self.bandwidth)
 
     def extra_repr(self) -> str:
@@ -536,8 +554,8 @@ class FusedSelfAttention(nn.Module):
             q, vis = q[:, :, keep], vis.rows(keep)
         if self.attention == "softmax":
             y = softmax_attention(q, k, v, vis, self.hook_pattern)  # (B, H, T_q, dh)
-        else:
-            y = kernel_attention(q, k, v, vis, self.attention, self.hook_pattern, scale=1.0 / math.sqrt(E // self.n_head))
+        else:  # GPT-2's 1/√dh score scale
+            y = kernel_attention(q, k, v, vis, self.attention, self.hook_pattern, scale=1.0 / math.sqrt(q.shape[-1]))
         return self.c_proj(self.hook_z(y.transpose(1, 2)).reshape(B, q.shape[2], E))
 
     def extra_repr(self) -> str:
