@@ -14,8 +14,9 @@ The trained model (:class:`KernelTransformer`) is the paper's parameterisation: 
 
 with ``h_ij = h(⟨B_l x_i, C_l x_j⟩)`` and ``c_n = 1/n`` for the kernel activations; for softmax attention
 ``h_ij = softmax_i⟨B_l x_i, C_l x_j⟩`` (normalised over the n context keys) and ``c_n = 1``. Keys and values come
-from the n context tokens only; the prediction is ``−y`` at the query. With ``A = 0``, ``B = C = I`` and ``r = −η``
-this is :func:`icgd.constructions.functional_gd` (for softmax, the same update with the normalised scores). Only
+from the n context tokens only (computed by :func:`icgd.layers.kernel_attention` and
+:func:`icgd.layers.softmax_attention` with keys = the first n tokens); the prediction is ``−y`` at the query. With
+``A = 0``, ``B = C = I`` and ``r = −η`` this is :func:`icgd.constructions.functional_gd` (for softmax, the same update with the normalised scores). Only
 ``M_l = B_lᵀC_l`` enters ``⟨B_l x_i, C_l x_j⟩ = x_iᵀ M_l x_j``, so the construction family is ``A_l = 0``,
 ``M_l = c_l I`` with any per-layer step (for linear and ReLU, c_l trades off against r_l). The Bayes predictor is the
 GP posterior mean ``k_qᵀ K⁺ y`` under the data's own covariance (K₊ for ReLU).
