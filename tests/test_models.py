@@ -10,7 +10,8 @@ import torch
 
 from icgd.constructions import gd_plus_plus, linear_gd, von_oswald_weights
 from icgd.errors import ICGDError, NonFiniteError, ShapeError, SpecError
-from icgd.models import LSA, ICLTransformer, ICLTransformerConfig, SelfAttention, Visibility
+from icgd.layers import FusedSelfAttention, Visibility
+from icgd.models import LSA, ICLTransformer
 
 KINDS = ("softmax", "relu", "linear")
 FORMATS = ("interleaved", "concat")
@@ -143,17 +144,16 @@ def naive_attention(kind: str, q, k, v, allowed) -> torch.Tensor:
     return out
 
 
-def attention_module(kind: str) -> tuple[SelfAttention, torch.Tensor]:
-    cfg = ICLTransformerConfig(3, n_layer=1, n_head=2, n_embd=8, attention=kind)
+def attention_module(kind: str) -> tuple[FusedSelfAttention, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    mod = SelfAttention(cfg).to(F64)
+    mod = FusedSelfAttention(8, 2, kind).to(F64)
     with torch.no_grad():
         for p in mod.parameters():
             p.copy_(0.5 * torch.randn(p.shape, generator=g, dtype=F64))
     return mod, torch.randn(2, 7, 8, generator=g, dtype=F64, requires_grad=True)
 
 
-def naive_forward(mod: SelfAttention, x: torch.Tensor, kind: str, allowed: torch.Tensor) -> torch.Tensor:
+def naive_forward(mod: FusedSelfAttention, x: torch.Tensor, kind: str, allowed: torch.Tensor) -> torch.Tensor:
     B, T, E = x.shape
     q, k, v = (t.view(B, T, 2, E // 2).transpose(1, 2) for t in mod.c_attn(x).split(E, dim=2))
     y = naive_attention(kind, q, k, v, allowed)

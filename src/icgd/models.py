@@ -3,9 +3,11 @@
 :class:`ICLTransformer` is the model of Garg et al. (2022) written in plain PyTorch in the style of nanoGPT: a linear
 read-in of prompt tokens, learned positions, pre-LayerNorm blocks (``x + attn(ln_1(x))``, ``x + mlp(ln_2(x))``), a
 final LayerNorm and a linear read-out. ``forward(X, Y)`` predicts every ``y_i`` from the pairs before it in one
-causal pass. Attention is softmax (fused QKV + ``scaled_dot_product_attention``), ReLU (Bai et al. 2023 Def. 1 /
-Wu et al. 2025 Def. 7, as trained by Wu et al.) or linear; ``loop > 1`` re-applies the same blocks (Yang et al.,
-ICLR 2024, "looped transformers").
+causal pass. Attention is :class:`icgd.layers.FusedSelfAttention` (fused QKV ``c_attn`` + ``c_proj``): softmax
+(``scaled_dot_product_attention``), ReLU (Bai et al. 2023 Def. 1 / Wu et al. 2025 Def. 7, as trained by Wu et al.)
+or linear; ``loop > 1`` re-applies the same blocks (Yang et al., ICLR 2024, "looped transformers"). This module
+defines no attention equation: masks and normalisation are :class:`icgd.layers.Visibility`, the equations
+:func:`icgd.layers.softmax_attention` and :func:`icgd.layers.kernel_attention`.
 
 :class:`LSA` is the attention-only linear self-attention model of von Oswald et al. (ICML 2023) on ``(x_i, y_i)``
 tokens with query tokens ``(x_q, 0)``; its layers are those of :func:`icgd.constructions.linear_gd`, so a trained
@@ -21,22 +23,20 @@ Shapes: B prompts, n context points, m queries, T tokens, E = n_embd, H heads, d
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
-from functools import cached_property
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from icgd._checks import as_float_tensor, positive_float, positive_int
 from icgd.errors import ShapeError, SpecError
 from icgd.hooks import HookedModel, HookPoint
-from icgd.layers.attention import LinearAttention
+from icgd.layers.attention import FusedSelfAttention, LinearAttention, Visibility
 from icgd.layers.mlp import MLP
 from icgd.tokens import Prompt, check_prompt
 
-ATTENTION_KINDS = ("softmax", "relu", "linear")
+ATTENTION_KINDS = FusedSelfAttention.KINDS
 TOKEN_FORMATS = ("interleaved", "concat")
 MLP_ACTIVATIONS = ("gelu", "gelu_tanh", "relu")  # of icgd.layers.MLP; GELU with erf is GPT-2's GELU computed exactly
 
@@ -96,108 +96,6 @@ class ICLTransformerConfig:
         return 2 if self.token_format == "interleaved" else 1
 
 
-class Visibility:
-    """Which keys each query token reads: causal (token t reads s ≤ t) or an explicit boolean ``(T_q, T)`` mask.
-
-    ``weights`` is the 0/1 mask as floats and ``inv_count`` the reciprocal number of visible keys per query token
-    ``(T_q, 1)``, the normalisation of ReLU and linear attention."""
-
-    def __init__(self, T: int, device: torch.device, dtype: torch.dtype, allowed: torch.Tensor | None = None):
-        self.T, self.device, self.dtype = T, device, dtype
-        self.is_causal = allowed is None
-        self._allowed = allowed
-
-    def rows(self, keep: slice) -> Visibility:
-        """The visibility of the query tokens `keep` only (all tokens stay keys)."""
-        sub = Visibility(self.T, self.device, self.dtype, self.allowed[keep])
-        sub.inv_count = self.inv_count[keep]
-        return sub
-
-    @cached_property
-    def allowed(self) -> torch.Tensor:
-        if self._allowed is None:
-            return torch.ones(self.T, self.T, dtype=torch.bool, device=self.device).tril_()
-        return self._allowed
-
-    @cached_property
-    def weights(self) -> torch.Tensor:
-        return self.allowed.to(self.dtype)
-
-    @cached_property
-    def inv_count(self) -> torch.Tensor:
-        if self.is_causal:
-            return 1.0 / torch.arange(1, self.T + 1, device=self.device, dtype=self.dtype)[:, None]
-        return 1.0 / self.allowed.sum(-1, keepdim=True).to(self.dtype)
-
-
-def softmax_attention(q, k, v, vis: Visibility, hook: HookPoint) -> torch.Tensor:
-    """``softmax(q kᵀ/√dh) v`` over the visible keys; the fused SDPA kernel unless `hook` listens."""
-    if not hook.active:
-        if vis.is_causal:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=vis.allowed)
-    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, H, T, T)
-    att = torch.softmax(att.masked_fill(~vis.allowed, float("-inf")), dim=-1)
-    return hook(att) @ v
-
-
-def _scores(q, k, vis: Visibility) -> torch.Tensor:
-    """Masked raw scores ``q kᵀ`` (B, H, T, T); the 1/√dh scale is applied later, on the (T, dh) output, which
-    is exact for linear scores and for ReLU (relu(c·s) = c·relu(s) for c > 0)."""
-    att = q @ k.transpose(-2, -1)
-    # in place is safe: matmul's backward does not need its output
-    return att.tril_() if vis.is_causal else att.mul_(vis.weights)
-
-
-def _normalised(att, v, vis: Visibility, hook: HookPoint) -> torch.Tensor:
-    """``pattern @ v`` with pattern = att · (1/√dh) / (number of visible keys)."""
-    scale = vis.inv_count * (1.0 / math.sqrt(v.shape[-1]))  # (T, 1)
-    if hook.active:  # materialise the pattern actually applied to the values
-        return hook(att * scale) @ v
-    return (att @ v).mul_(scale)  # scale the (T, dh) output, not the (T, T) scores
-
-
-def relu_attention(q, k, v, vis: Visibility, hook: HookPoint) -> torch.Tensor:
-    """``(1/|visible_t|) Σ_{s visible} relu(⟨q_t, k_s⟩/√dh) v_s``: Wu/Bai's ReLU attention normalised by the number
-    of keys each token sees (t + 1 under the causal mask), with GPT-2's 1/√dh score scale."""
-    return _normalised(_scores(q, k, vis).relu_(), v, vis, hook)
-
-
-def linear_attention(q, k, v, vis: Visibility, hook: HookPoint) -> torch.Tensor:
-    """``(1/|visible_t|) Σ_{s visible} (⟨q_t, k_s⟩/√dh) v_s``: linear attention normalised like ReLU attention."""
-    return _normalised(_scores(q, k, vis), v, vis, hook)
-
-
-ATTENTION: dict[str, Callable[..., torch.Tensor]] = {
-    "softmax": softmax_attention, "relu": relu_attention, "linear": linear_attention,
-}
-
-
-class SelfAttention(nn.Module):
-    """Multi-head self-attention with one fused QKV projection (nanoGPT's ``CausalSelfAttention``)."""
-
-    def __init__(self, cfg: ICLTransformerConfig):
-        super().__init__()
-        self.n_head, self.n_embd = cfg.n_head, cfg.n_embd
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
-        self.attend = ATTENTION[cfg.attention]
-        self.hook_pattern = HookPoint()  # (B, H, T, T), only when hooked
-        self.hook_z = HookPoint()  # (B, T, H, dh): per-head output before c_proj
-
-    def forward(self, x: torch.Tensor, vis: Visibility, keep: slice | None = None) -> torch.Tensor:
-        """Attention output of every token, or of the query tokens `keep` only (all tokens stay keys)."""
-        B, T, E = x.shape
-        q, k, v = self.c_attn(x).split(E, dim=2)
-        q = q.view(B, T, self.n_head, E // self.n_head).transpose(1, 2)  # (B, H, T, dh)
-        k = k.view(B, T, self.n_head, E // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, E // self.n_head).transpose(1, 2)
-        if keep is not None:
-            q, vis = q[:, :, keep], vis.rows(keep)
-        y = self.attend(q, k, v, vis, self.hook_pattern)  # (B, H, T_q, dh)
-        return self.c_proj(self.hook_z(y.transpose(1, 2)).reshape(B, q.shape[2], E))
-
-
 def _mlp(cfg: ICLTransformerConfig) -> MLP:
     """GPT-2's position-wise MLP, Linear → activation → Linear, as :class:`icgd.layers.MLP` (``residual=False``).
 
@@ -225,7 +123,7 @@ class Block(nn.Module):
     def __init__(self, cfg: ICLTransformerConfig):
         super().__init__()
         self.ln_1 = _norm(cfg)
-        self.attn = SelfAttention(cfg)
+        self.attn = FusedSelfAttention(cfg.n_embd, cfg.n_head, cfg.attention)
         self.ln_2 = _norm(cfg) if cfg.mlp else None
         self.mlp = _mlp(cfg) if cfg.mlp else None
         self.hook_resid_pre = HookPoint()  # (B, T, E)
@@ -266,16 +164,16 @@ class ICLTransformer(HookedModel):
     ``causal=False`` lets context tokens read each other both ways; it is only allowed with queries, since
     the prefix predictions would see their own labels.
 
-    **Attention**: ``"softmax"`` uses ``scaled_dot_product_attention``; ``"relu"`` is Wu/Bai's ReLU attention and
-    ``"linear"`` plain linear attention, both normalised by the number of visible tokens (t + 1 for token t under
-    the causal mask) and scaled by 1/√dh like GPT-2's scores.
+    **Attention** (:class:`icgd.layers.FusedSelfAttention`): ``"softmax"`` uses ``scaled_dot_product_attention``;
+    ``"relu"`` is Wu/Bai's ReLU attention and ``"linear"`` plain linear attention, both normalised by the number of
+    visible tokens (t + 1 for token t under the causal mask) and scaled by 1/√dh like GPT-2's scores.
 
     **Speed and memory** (CPU training is matmul-bound): one fused QKV projection; the fused SDPA kernel; for
     ReLU/linear attention the masks, 1/√dh and the 1/(t+1) normalisation are applied in place or to the (T, dh)
     output instead of the (T, T) scores; exact GELU (PyTorch's tanh-approximate kernel is ~3x slower on CPU);
-    only the prediction tokens go through the last block's
-    attention queries, MLP and the final LayerNorm (all tokens stay keys). The last shortcut is skipped while a
-    hook listens to the last block or ``hook_resid_final``, so cached activations keep every token.
+    only the prediction tokens go through the last block's attention queries (``keep``), MLP and the final
+    LayerNorm (all tokens stay keys). The last shortcut is skipped while a hook listens to the last block or
+    ``hook_resid_final``, so cached activations keep every token.
 
     **Looping** (``loop = L > 1``): the ``n_layer`` blocks are applied L times with shared weights (Yang et al.
     2024); with ``loop_inject`` the embedded input is added to the residual stream before every pass after the
@@ -283,7 +181,8 @@ class ICLTransformer(HookedModel):
 
     **Hook points** (:mod:`icgd.hooks`; full names, prefixed by ``loop.{k}.`` when ``loop > 1``): ``hook_embed``
     (read-in + positions), ``blocks.{i}.hook_resid_pre``, ``blocks.{i}.attn.hook_pattern`` (B, H, T, T),
-    ``blocks.{i}.attn.hook_z`` (B, T, H, dh: the head outputs before ``c_proj``), ``blocks.{i}.hook_attn_out``, ``blocks.{i}.hook_resid_mid``, ``blocks.{i}.hook_mlp_out``,
+    ``blocks.{i}.attn.hook_z`` (B, T, H, dh: the head outputs before ``c_proj``), ``blocks.{i}.hook_attn_out``,
+    ``blocks.{i}.hook_resid_mid``, ``blocks.{i}.hook_mlp_out``,
     ``blocks.{i}.hook_resid_post``, ``hook_resid_final`` (before the final LayerNorm, once per pass);
     ``hook_embed`` fires once, in pass 0. Softmax attention weights are only materialised when a hook
     listens to ``hook_pattern`` (SDPA does not expose them); ReLU/linear patterns are normalised weights.
@@ -389,13 +288,8 @@ class ICLTransformer(HookedModel):
             return h, vis, slice(0, T_ctx, step)
         m = xq.shape[1]
         h = torch.cat((h + self.wpe(pos), self._query_tokens(xq, Y) + self.wpe.weight[T_ctx]), dim=1)
-        T = T_ctx + m
-        allowed = torch.zeros(T, T, dtype=torch.bool, device=h.device)
-        ctx = torch.ones(T_ctx, T_ctx, dtype=torch.bool, device=h.device)
-        allowed[:T_ctx, :T_ctx] = ctx.tril_() if self.config.causal else ctx
-        allowed[T_ctx:, :T_ctx] = True
-        allowed[T_ctx:, T_ctx:] = torch.eye(m, dtype=torch.bool, device=h.device)
-        return h, Visibility(T, h.device, h.dtype, allowed), slice(T_ctx, T)
+        vis = Visibility.with_queries(T_ctx, m, self.config.causal, h.device, h.dtype)
+        return h, vis, slice(T_ctx, T_ctx + m)
 
     # --- forward --------------------------------------------------------------------------------------------
 

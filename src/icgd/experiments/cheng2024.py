@@ -14,8 +14,9 @@ The trained model (:class:`KernelTransformer`) is the paper's parameterisation: 
 
 with ``h_ij = h(⟨B_l x_i, C_l x_j⟩)`` and ``c_n = 1/n`` for the kernel activations; for softmax attention
 ``h_ij = softmax_i⟨B_l x_i, C_l x_j⟩`` (normalised over the n context keys) and ``c_n = 1``. Keys and values come
-from the n context tokens only; the prediction is ``−y`` at the query. With ``A = 0``, ``B = C = I`` and ``r = −η``
-this is :func:`icgd.constructions.functional_gd` (for softmax, the same update with the normalised scores). Only
+from the n context tokens only (computed by :func:`icgd.layers.kernel_attention` and
+:func:`icgd.layers.softmax_attention` with keys = the first n tokens); the prediction is ``−y`` at the query. With
+``A = 0``, ``B = C = I`` and ``r = −η`` this is :func:`icgd.constructions.functional_gd` (for softmax, the same update with the normalised scores). Only
 ``M_l = B_lᵀC_l`` enters ``⟨B_l x_i, C_l x_j⟩ = x_iᵀ M_l x_j``, so the construction family is ``A_l = 0``,
 ``M_l = c_l I`` with any per-layer step (for linear and ReLU, c_l trades off against r_l). The Bayes predictor is the
 GP posterior mean ``k_qᵀ K⁺ y`` under the data's own covariance (K₊ for ReLU).
@@ -39,6 +40,7 @@ from icgd.experiments import settings as settings_io
 from icgd.experiments.icl_common import sample, verdict
 from icgd.experiments.report import Report
 from icgd.experiments.reproduce import RunContext
+from icgd.layers.attention import Visibility, kernel_attention, softmax_attention
 from icgd.learners import KernelRegression
 from icgd.tasks import GaussianProcess, Prompt, make_task
 
@@ -137,26 +139,26 @@ class KernelTransformer(nn.Module):
                 trace: list | None = None) -> torch.Tensor:
         """Predictions; with a list `trace`, appends per layer the relative size of the x-update
         ``mean_b ‖ΔX‖_F / ‖X‖_F`` (0 for the construction)."""
-        n = X.shape[1]
+        n, d = X.shape[1], self.d
         Z = torch.cat([X, x_query[:, None]], dim=1)  # (B, n+1, d)
         y = torch.cat([Y, Y.new_zeros(Y.shape[0], 1)], dim=1)  # (B, n+1)
-        scale = 1.0 if self.activation == "softmax" else 1.0 / n
+        vis = Visibility.for_tokens(Z, n_keys=n)  # keys and values: the n context tokens
         for l in range(self.n_layers):
-            keys = Z[:, :n] @ self.B[l].T  # B_l x_i, context tokens only
-            qrys = Z @ self.C[l].T  # C_l x_j, every token
-            H = _act(self.activation, keys @ qrys.transpose(1, 2))  # (B, n, n+1): h(⟨B x_i, C x_j⟩)
-            dZ = torch.einsum("bij,bik->bjk", H, Z[:, :n] @ self.A[l].T) * scale
-            dy = self.r[l] * torch.einsum("bij,bi->bj", H, y[:, :n]) * scale
+            qrys = (Z @ self.C[l].T)[:, None]  # C_l x_j, every token (B, 1, n+1, d)
+            keys = (vis.key_tokens(Z) @ self.B[l].T)[:, None]  # B_l x_i, context tokens only
+            vals = torch.cat([vis.key_tokens(Z) @ self.A[l].T, y[:, :n, None]], dim=-1)[:, None]  # (A_l x_i, y_i)
+            out = self._attend(qrys, keys, vals, vis)[:, 0]  # (B, n+1, d+1)
+            dZ, dy = out[..., :d], self.r[l] * out[..., d]
             if trace is not None:
                 trace.append(float((dZ.flatten(1).norm(dim=1) / Z.flatten(1).norm(dim=1)).mean()))
             Z, y = Z + dZ, y + dy
         return -y[:, -1]
 
-
-def _act(name: str, G: torch.Tensor) -> torch.Tensor:
-    if name == "softmax":
-        return torch.softmax(G, dim=1)  # over the n context keys, for each query column
-    return {"linear": lambda t: t, "relu": torch.relu, "exp": torch.exp}[name](G)
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, vis: Visibility) -> torch.Tensor:
+        """``Σ_i h_ij v_i``: softmax over the context keys, or the kernel activation divided by n."""
+        if self.activation == "softmax":
+            return softmax_attention(q, k, v, vis, scale=1.0)
+        return kernel_attention(q, k, v, vis, self.activation)
 
 
 def construction(d: int, layers: int, activation: str, eta, dtype: torch.dtype = torch.float64) -> KernelTransformer:

@@ -1,4 +1,16 @@
-"""Attention layers, all residual and all ``(B, T, D) → (B, T, D)``; every sum over heads is vectorised.
+"""Attention: one function per equation, and the layers built on them.
+
+**Equations** (on per-head ``q (B, H, T, dh)``, ``k, v (B, H, S, dh)``; a :class:`Visibility` says which keys each
+query reads and how many):
+
+* :func:`softmax_attention` — ``softmax(q kᵀ·scale) v`` (Vaswani et al.), ``scale = 1/√dh`` by default; the fused
+  ``scaled_dot_product_attention`` kernel unless a hook listens to the pattern.
+* :func:`kernel_attention` — ``(1/|S_t|) Σ_{s∈S_t} κ(q_t, k_s) v_s`` (Cheng, Chen & Sra eq. 3) with κ one of
+  :data:`KERNELS` (``linear``, ``relu``, ``exp``, ``rbf``) or a callable, divided by the number of visible keys;
+  ``relu`` is Bai et al. Def. 1 / Wu et al. Def. 7 and ``linear`` von Oswald et al.'s LSA (Eq. 6).
+
+**Layers** (all residual ``(B, T, D) → (B, T, D)`` except the fused block attention; every sum over heads is
+vectorised):
 
 * :class:`ReLUAttention` — Bai et al. Def. 1 / Wu et al. Def. 7, with compact :class:`~icgd.layers.heads.HeadBank`
   storage for thousands of sparse heads.
@@ -6,18 +18,23 @@
 * :class:`KernelAttention` — Cheng, Chen & Sra: a kernel score ``κ(q_i, k_s)`` (linear, relu, exp, rbf or any
   callable), normalised by the number of keys.
 * :class:`LinearAttention` — von Oswald et al.'s LSA (the ``linear`` kernel), with the ``P``/``Q`` parametrisation.
+* :class:`FusedSelfAttention` — the trained models' multi-head attention (nanoGPT's ``CausalSelfAttention``): one
+  fused QKV projection ``c_attn`` and ``c_proj``; softmax, ReLU or linear; query rows can be pruned (``keep``).
 
 Key masks: ``causal=True`` lets token i see tokens s ≤ i; ``key_flag=c`` (a coordinate index, e.g. the layout's
 ``t`` slot) lets only tokens whose coordinate c is nonzero act as keys — the query tokens of a prompt then read the
-context without being read. Normalised layers divide by the number of keys each token sees.
+context without being read; ``n_keys=n`` takes keys and values from the first n tokens only. Normalised layers
+divide by the number of keys each token sees.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import cached_property
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from icgd._checks import positive_int
@@ -39,6 +56,179 @@ def key_mask(h: torch.Tensor, causal: bool, key_flag: int | None) -> torch.Tenso
     if key_flag is not None:
         mask = mask & (h[..., key_flag] != 0)[:, None, :]
     return mask
+
+
+def _linear(q, k):
+    return q @ k.transpose(-1, -2)
+
+
+KERNELS: dict[str, Callable[..., torch.Tensor]] = {
+    "linear": lambda q, k, bw: _linear(q, k),
+    "relu": lambda q, k, bw: torch.relu(_linear(q, k)),
+    "exp": lambda q, k, bw: torch.exp(_linear(q, k)),
+    "rbf": lambda q, k, bw: torch.exp(-torch.cdist(q, k) ** 2 / (2 * bw * bw)),
+}
+
+
+class Visibility:
+    """Which keys each query token reads and how many: the mask and the normalisation of every attention equation.
+
+    * causal (``allowed=None``, ``causal=True``): query t reads keys s ≤ t of the same T tokens;
+    * full (``allowed=None``, ``causal=False``): every query reads all S keys, S = `n_keys` (the first n tokens,
+      :meth:`key_tokens`) or T;
+    * an explicit boolean mask, ``(T_q, S)`` or per prompt ``(B, T_q, S)`` (stored as ``(B, 1, T_q, S)``).
+
+    ``allowed`` is the boolean mask (None when full), ``weights`` the mask as floats and ``inv_count`` the
+    reciprocal number of visible keys per query, ``(T_q, 1)`` (``(B, 1, T_q, 1)`` per prompt; a float when full;
+    a query that sees no key counts one)."""
+
+    def __init__(self, T: int, device: torch.device, dtype: torch.dtype, allowed: torch.Tensor | None = None, *,
+                 causal: bool = True, n_keys: int | None = None):
+        self.T, self.device, self.dtype = T, device, dtype
+        if allowed is not None and allowed.dim() == 3:
+            allowed = allowed[:, None]
+        self._allowed = allowed
+        self.is_causal = allowed is None and causal
+        self.is_full = allowed is None and not causal
+        self.n_keys = n_keys if self.is_full else None
+        self.S = allowed.shape[-1] if allowed is not None else (n_keys or T) if self.is_full else T
+
+    @classmethod
+    def for_tokens(cls, h: torch.Tensor, causal: bool = False, key_flag: int | None = None,
+                   n_keys: int | None = None) -> Visibility:
+        """The visibility of the layers' options on tokens ``h (B, T, D)`` (see the module docstring)."""
+        T = h.shape[1]
+        if n_keys is not None:
+            if causal or key_flag is not None:
+                raise SpecError("n_keys chooses the keys itself; it cannot be combined with causal or key_flag")
+            if not (isinstance(n_keys, int) and 1 <= n_keys <= T):
+                raise SpecError(f"n_keys must be an integer in [1, {T}], got {n_keys!r}")
+            return cls(T, h.device, h.dtype, causal=False, n_keys=n_keys)
+        if key_flag is None:
+            return cls(T, h.device, h.dtype, causal=causal)
+        return cls(T, h.device, h.dtype, key_mask(h, causal, key_flag))
+
+    @classmethod
+    def with_queries(cls, n_ctx: int, m: int, causal: bool, device: torch.device, dtype: torch.dtype) -> Visibility:
+        """`n_ctx` context tokens (reading each other causally, or all of them when not `causal`) followed by `m`
+        query tokens that each read the whole context and themselves, never another query."""
+        T = n_ctx + m
+        allowed = torch.zeros(T, T, dtype=torch.bool, device=device)
+        ctx = torch.ones(n_ctx, n_ctx, dtype=torch.bool, device=device)
+        allowed[:n_ctx, :n_ctx] = ctx.tril_() if causal else ctx
+        allowed[n_ctx:, :n_ctx] = True
+        allowed[n_ctx:, n_ctx:] = torch.eye(m, dtype=torch.bool, device=device)
+        vis = cls(T, device, dtype, allowed)
+        vis.has_empty_rows = False  # every token reads itself (saves a device sync)
+        return vis
+
+    def key_tokens(self, h: torch.Tensor) -> torch.Tensor:
+        """The tokens that act as keys and values: the first `n_keys` when set, else all."""
+        return h if self.n_keys is None else h[:, :self.n_keys]
+
+    def rows(self, keep: slice) -> Visibility:
+        """The visibility of the query tokens `keep` only (all tokens stay keys)."""
+        if self.is_full:
+            sub = Visibility(len(range(self.T)[keep]), self.device, self.dtype, causal=False, n_keys=self.n_keys)
+            sub.S = self.S
+            return sub
+        sub = Visibility(self.T, self.device, self.dtype, self.allowed[..., keep, :])
+        sub.inv_count = self.inv_count[..., keep, :]
+        if not self.has_empty_rows:  # known without looking at the mask again
+            sub.has_empty_rows = False
+        return sub
+
+    @cached_property
+    def allowed(self) -> torch.Tensor | None:
+        if self.is_causal:
+            return torch.ones(self.T, self.T, dtype=torch.bool, device=self.device).tril_()
+        return self._allowed
+
+    @cached_property
+    def weights(self) -> torch.Tensor | None:
+        return None if self.is_full else self.allowed.to(self.dtype)
+
+    @cached_property
+    def inv_count(self) -> torch.Tensor | float:
+        if self.is_full:
+            return 1.0 / self.S
+        if self.is_causal:
+            return 1.0 / torch.arange(1, self.T + 1, device=self.device, dtype=self.dtype)[:, None]
+        return 1.0 / self.allowed.sum(-1, keepdim=True).clamp_(min=1).to(self.dtype)
+
+    @cached_property
+    def has_empty_rows(self) -> bool:
+        """Whether some query sees no key (possible only with an explicit mask); it then gets a zero output."""
+        return self._allowed is not None and bool((~self._allowed.any(-1)).any())
+
+
+def _active(hook: HookPoint | None) -> bool:
+    return hook is not None and hook.active
+
+
+def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, vis: Visibility,
+                      hook: HookPoint | None = None, scale: float | None = None) -> torch.Tensor:
+    """``softmax_s(⟨q_t, k_s⟩·scale) v`` over the visible keys, ``(B, H, T_q, dh)``; scale = 1/√dh by default.
+
+    The fused SDPA kernel unless `hook` listens (it then receives the ``(B, H, T_q, S)`` pattern) or some query sees
+    no key (it gets a zero output)."""
+    # Vaswani et al. (2017): scaled dot-product attention
+    if not _active(hook) and not vis.has_empty_rows:
+        kw = {} if scale is None else {"scale": scale}
+        if vis.is_causal:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, **kw)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=vis.allowed, **kw)
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)
+    if vis.allowed is not None:
+        att = att.masked_fill(~vis.allowed, float("-inf"))
+    att = torch.softmax(att, dim=-1)
+    if vis.has_empty_rows:
+        att = att.nan_to_num(0.0)
+    return (hook(att) if hook is not None else att) @ v
+
+
+def _masked(att: torch.Tensor, vis: Visibility, in_place: bool) -> torch.Tensor:
+    """Scores with the invisible keys zeroed (in place only where autograd allows: right after a matmul)."""
+    if vis.is_causal:
+        return att.tril_() if in_place else att.tril()
+    if vis.is_full:
+        return att
+    return att.mul_(vis.weights) if in_place else att * vis.weights
+
+
+def _kernel_scores(q: torch.Tensor, k: torch.Tensor, vis: Visibility, kernel: str | Callable, scale: float,
+                   bandwidth: float) -> torch.Tensor:
+    """Masked kernel scores ``κ(q_t, k_s)`` (B, H, T_q, S), without the `scale` of the linear and relu kernels."""
+    if callable(kernel) or kernel in ("exp", "rbf"):
+        if scale != 1.0 and (callable(kernel) or kernel == "rbf"):
+            raise SpecError(f"a score scale applies to the dot-product kernels only, not to {kernel!r}")
+        score = kernel if callable(kernel) else (lambda a, b: KERNELS[kernel](a, b, bandwidth))
+        return _masked(score(q * scale if scale != 1.0 else q, k), vis, in_place=False)
+    if kernel not in KERNELS:
+        raise SpecError(f"unknown kernel score {kernel!r}; choose one of {', '.join(KERNELS)} or pass a callable")
+    att = _masked(q @ k.transpose(-2, -1), vis, in_place=True)  # in place: matmul's backward needs no output
+    return att.relu_() if kernel == "relu" else att
+
+
+def kernel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, vis: Visibility,
+                     kernel: str | Callable = "linear", hook: HookPoint | None = None, *, scale: float = 1.0,
+                     bandwidth: float = 1.0) -> torch.Tensor:
+    """``(1/|S_t|) Σ_{s∈S_t} κ(q_t, k_s) v_s`` over the visible keys S_t, ``(B, H, T_q, dh)``.
+
+    κ is ``linear`` ⟨q,k⟩·scale, ``relu`` relu(⟨q,k⟩·scale), ``exp`` exp(⟨q,k⟩·scale), ``rbf``
+    exp(−‖q−k‖²/(2·bandwidth²)) or a callable ``(q, k) → scores`` (scale 1 for the last two). `hook` receives the
+    normalised pattern ``(B, H, T_q, S)``, materialised only when it listens. For linear and relu the scale and the
+    per-query count multiply the ``(T_q, dh)`` output, not the ``(T_q, S)`` scores (exact: relu(c·s) = c·relu(s),
+    c > 0); a single count (every query sees the same keys) scales the scores."""
+    # Cheng, Chen & Sra eq. 3; relu: Bai et al. Def. 1 / Wu et al. Def. 7; linear: von Oswald et al. Eq. 6
+    att = _kernel_scores(q, k, vis, kernel, scale, bandwidth)
+    norm = vis.inv_count * scale if kernel in ("linear", "relu") else vis.inv_count
+    if vis.is_full:
+        att = att * norm
+        return (hook(att) if hook is not None else att) @ v
+    if _active(hook):  # materialise the pattern actually applied to the values
+        return hook(att * norm) @ v
+    return (att @ v).mul_(norm)
 
 
 def mix_heads(U: torch.Tensor, alpha: torch.Tensor, c: torch.Tensor, act: Callable | None) -> torch.Tensor:
@@ -195,7 +385,9 @@ class ReLUAttention(HeadLayer):
 
 
 class _DenseAttention(nn.Module):
-    """Multi-head attention with dense per-head ``W_q, W_k, W_v (H, d_head, D)`` and ``W_o (H, D, d_head)``."""
+    """Multi-head attention with dense per-head ``W_q, W_k, W_v (H, d_head, D)`` and ``W_o (H, D, d_head)``: the
+    subclass's equation (:meth:`attend`) under the layer's :class:`Visibility` (`causal`, `key_flag`, or
+    ``forward(h, n_keys=n)``), then ``h + Σ_m W_o^m z_m``."""
 
     def __init__(self, dim: int, n_heads: int = 1, d_head: int | None = None, *, causal: bool = False,
                  key_flag: int | None = None, generator: torch.Generator | None = None,
@@ -226,22 +418,23 @@ class _DenseAttention(nn.Module):
     def num_heads(self) -> int:
         return self.n_heads
 
-    def weights(self, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """Attention weights ``(B, H, T, S)`` from ``q, k (B, H, T, d_head)``."""
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, vis: Visibility) -> torch.Tensor:
+        """Per-head outputs ``(B, H, T, d_head)`` of the layer's equation (it feeds ``hook_pattern``)."""
         raise NotImplementedError
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, n_keys: int | None = None) -> torch.Tensor:
+        """``h`` plus the update; with `n_keys` the keys and values are the first n tokens only (no other mask)."""
         if h.dim() != 3 or h.shape[-1] != self.dim:
             raise ShapeError(f"tokens must be (B, T, {self.dim}), got {tuple(h.shape)}")
-        q = torch.einsum("btd,hed->bhte", h, self.W_q)
-        k = torch.einsum("btd,hed->bhte", h, self.W_k)
-        v = torch.einsum("btd,hed->bhte", h, self.W_v)
-        w = self.weights(q, k, key_mask(h, self.causal, self.key_flag))
-        if _hooked(self):
-            z = self.hook_z(torch.einsum("bhts,bhse,hde->bthd", self.hook_pattern(w), v, self.W_o))
-            return h + z.sum(2)
-        z = w @ v
-        return h + torch.einsum("bhte,hde->btd", z, self.W_o)
+        vis = Visibility.for_tokens(h, self.causal, self.key_flag, n_keys)
+        keys = vis.key_tokens(h)
+        q = torch.einsum("hij,btj->bhti", self.W_q, h)  # (B, H, T, d_head)
+        k = torch.einsum("hij,bsj->bhsi", self.W_k, keys)  # (B, H, S, d_head)
+        v = torch.einsum("hij,bsj->bhsi", self.W_v, keys)
+        z = self.attend(q, k, v, vis)  # (B, H, T, d_head)
+        if self.hook_z.active:
+            return h + self.hook_z(torch.einsum("hij,bhtj->bthi", self.W_o, z)).sum(2)
+        return h + torch.einsum("hij,bhtj->bti", self.W_o, z)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, heads={self.n_heads}, d_head={self.d_head}, causal={self.causal}"
@@ -252,23 +445,8 @@ class SoftmaxAttention(_DenseAttention):
 
     A token that may read no key (possible only with `key_flag`) gets a zero update."""
 
-    def weights(self, q, k, mask):
-        scores = q @ k.transpose(-1, -2) / math.sqrt(self.d_head)
-        if mask is not None:
-            scores = scores.masked_fill(~mask[:, None], float("-inf"))
-        return torch.softmax(scores, dim=-1).nan_to_num(0.0)
-
-
-def _linear(q, k):
-    return q @ k.transpose(-1, -2)
-
-
-KERNELS: dict[str, Callable[..., torch.Tensor]] = {
-    "linear": lambda q, k, bw: _linear(q, k),
-    "relu": lambda q, k, bw: torch.relu(_linear(q, k)),
-    "exp": lambda q, k, bw: torch.exp(_linear(q, k)),
-    "rbf": lambda q, k, bw: torch.exp(-torch.cdist(q, k) ** 2 / (2 * bw * bw)),
-}
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, vis: Visibility) -> torch.Tensor:
+        return softmax_attention(q, k, v, vis, self.hook_pattern)
 
 
 class KernelAttention(_DenseAttention):
@@ -281,22 +459,17 @@ class KernelAttention(_DenseAttention):
                  score: str | Callable = "linear", bandwidth: float = 1.0, **kwargs):
         super().__init__(dim, n_heads, d_head, **kwargs)
         if callable(score):
-            self.score_name, self._score = getattr(score, "__name__", "custom"), (lambda q, k, bw: score(q, k))
+            self.score_name = getattr(score, "__name__", "custom")
         elif score in KERNELS:
-            self.score_name, self._score = score, KERNELS[score]
+            self.score_name = score
         else:
             raise SpecError(f"unknown kernel score {score!r}; choose one of {', '.join(KERNELS)} or pass a callable")
         if not bandwidth > 0:
             raise SpecError(f"bandwidth must be > 0, got {bandwidth}")
-        self.bandwidth = float(bandwidth)
+        self.score, self.bandwidth = score, float(bandwidth)
 
-    def weights(self, q, k, mask):
-        w = self._score(q, k, self.bandwidth)
-        T = q.shape[-2]
-        if mask is None:
-            return w / T
-        m = mask[:, None].to(w.dtype)
-        return w * m / m.sum(-1, keepdim=True).clamp(min=1.0)
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, vis: Visibility) -> torch.Tensor:
+        return kernel_attention(q, k, v, vis, self.score, self.hook_pattern, bandwidth=self.bandwidth)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", score={self.score_name}"
@@ -319,18 +492,6 @@ class LinearAttention(KernelAttention):
     def __init__(self, dim: int, n_heads: int = 1, d_head: int | None = None, **kwargs):
         super().__init__(dim, n_heads, d_head, score="linear", **kwargs)
 
-    def forward(self, h: torch.Tensor, n_keys: int | None = None) -> torch.Tensor:
-        if n_keys is None:
-            return super().forward(h)
-        ctx = h[:, :n_keys]  # (B, n, D): the other tokens are neither keys nor values
-        q = torch.einsum("hij,btj->bhti", self.W_q, h)  # (B, H, T, d_head)
-        k = torch.einsum("hij,bsj->bhsi", self.W_k, ctx)  # (B, H, n, d_head)
-        v = torch.einsum("hij,bsj->bhsi", self.W_v, ctx)  # (B, H, n, d_head)
-        att = self.hook_pattern((q @ k.transpose(-2, -1)) * (1.0 / n_keys))  # (B, H, T, n)
-        if self.hook_z.active:
-            return h + self.hook_z(torch.einsum("hij,bhtj->bthi", self.W_o, att @ v)).sum(2)
-        return h + torch.einsum("hij,bhtj->bti", self.W_o, att @ v)
-
     @classmethod
     def from_pq(cls, P: torch.Tensor, Q: torch.Tensor, **kwargs) -> LinearAttention:
         """Heads from ``P, Q`` of shape ``(D, D)`` or ``(H, D, D)``."""
@@ -352,6 +513,53 @@ class LinearAttention(KernelAttention):
         """``(P, Q)`` per head, each ``(H, D, D)``."""
         with torch.no_grad():
             return self.W_o @ self.W_v, self.W_k.transpose(-1, -2) @ self.W_q
+
+
+class FusedSelfAttention(nn.Module):
+    """The trained models' multi-head self-attention (nanoGPT's ``CausalSelfAttention``): one fused QKV projection
+    ``c_attn`` (E → 3E, with bias), `attention` on H heads of size dh = E / H, and the output projection ``c_proj``.
+
+    ``"softmax"`` is :func:`softmax_attention` (the fused SDPA kernel unless a hook listens); ``"relu"`` and
+    ``"linear"`` are :func:`kernel_attention` with GPT-2's 1/√dh score scale, divided by the number of visible keys.
+    ``forward(x, vis, keep)`` returns the attention output only (the block adds the residual): of every token, or of
+    the query tokens `keep` only (all tokens stay keys; a model's last block needs only its prediction tokens).
+    Hook points: ``hook_pattern`` (B, H, T_q, S), only when hooked; ``hook_z`` (B, T_q, H, dh) before ``c_proj``."""
+
+    KINDS = ("softmax", "relu", "linear")
+
+    def __init__(self, n_embd: int, n_head: int, attention: str = "softmax"):
+        super().__init__()
+        positive_int(n_embd, "n_embd")
+        positive_int(n_head, "n_head")
+        if n_embd % n_head:
+            raise SpecError(f"n_embd={n_embd} must be divisible by n_head={n_head}")
+        if attention not in self.KINDS:
+            raise SpecError(f"unknown attention {attention!r}; choose one of {', '.join(self.KINDS)}")
+        self.n_head, self.n_embd, self.attention = n_head, n_embd, attention
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd)
+        self.c_proj = nn.Linear(n_embd, n_embd)
+        self.hook_pattern = HookPoint()  # (B, H, T, T), only when hooked
+        self.hook_z = HookPoint()  # (B, T, H, dh): per-head output before c_proj
+
+    def forward(self, x: torch.Tensor, vis: Visibility | None = None, keep: slice | None = None) -> torch.Tensor:
+        """``(B, T_q, E)``; `vis` defaults to the causal mask."""
+        B, T, E = x.shape
+        if vis is None:
+            vis = Visibility(T, x.device, x.dtype)
+        q, k, v = self.c_attn(x).split(E, dim=2)
+        q = q.view(B, T, self.n_head, E // self.n_head).transpose(1, 2)  # (B, H, T, dh)
+        k = k.view(B, T, self.n_head, E // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, E // self.n_head).transpose(1, 2)
+        if keep is not None:
+            q, vis = q[:, :, keep], vis.rows(keep)
+        if self.attention == "softmax":
+            y = softmax_attention(q, k, v, vis, self.hook_pattern)  # (B, H, T_q, dh)
+        else:  # GPT-2's 1/√dh score scale
+            y = kernel_attention(q, k, v, vis, self.attention, self.hook_pattern, scale=1.0 / math.sqrt(q.shape[-1]))
+        return self.c_proj(self.hook_z(y.transpose(1, 2)).reshape(B, q.shape[2], E))
+
+    def extra_repr(self) -> str:
+        return f"n_embd={self.n_embd}, n_head={self.n_head}, attention={self.attention!r}"
 
 
 def softmax_mix(U: torch.Tensor, alpha: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None = None
