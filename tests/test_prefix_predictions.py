@@ -41,7 +41,9 @@ def test_prefix_by_queries_batches_over_prompts_and_takes_row_0_from_empty():
     assert torch.equal(out[:, 0], torch.zeros(3, 1, dtype=X.dtype))
     torch.testing.assert_close(out, LeastSquares().prefix_predictions(X, Y))
     ones = prefix_by_queries(predict, X, Y, lambda q: q.new_ones(q.shape[0], 1, 1))
-    assert torch.equal(ones[:, 0], torch.ones(3, 1, dtype=X.dtype)) and torch.equal(ones[:, 1:], out[:, 1:])
+    assert torch.equal(ones[:, 0], torch.ones(3, 1, dtype=X.dtype))
+    # LAPACK's pivoted QR (min_norm_solve on the CPU) is not bitwise reproducible between calls (~1e-16)
+    torch.testing.assert_close(ones[:, 1:], out[:, 1:], rtol=0, atol=1e-12)
     assert prefix_by_queries(predict, X[:, :1], Y[:, :1]).shape == (3, 1, 1)
 
 
