@@ -97,7 +97,7 @@ def _sector_mix(U: torch.Tensor, bounds: torch.Tensor, coef: torch.Tensor) -> to
 def _invariant(t: torch.Tensor | list[torch.Tensor]) -> bool:
     """True when every token has exactly the same rows (dimension 1 is the token axis), in every tensor of a list."""
     parts = t if isinstance(t, (list, tuple)) else [t]
-    return all(p.shape[1] == 1 or torch.equal(p, p[:, :1].expand_as(p)) for p in parts)
+    return all(p.shape[1] == 1 or torch.equal(p[:, 1:], p[:, :-1]) for p in parts)  # each token equals the next
 def _hooked(layer: nn.Module) -> bool:
     """Whether something listens to the layer's ``hook_pattern`` or ``hook_z``."""
     return layer.hook_pattern.active or layer.hook_z.active

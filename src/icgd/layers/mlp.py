@@ -111,7 +111,7 @@ class MLP(nn.Module):
         plan = self._plan()
         if plan is not None:  # the few columns W1 reads, the units, the columns W2 writes
             out = plan.second(ACTIVATIONS[self.activation](plan.first(h)))
-            return h.index_add_(-1, plan.second.rows, out) if inplace else h.index_add(-1, plan.second.rows, out)
+            return plan.second.add_to(h, out, inplace)
         if not self.residual:  # fused bias adds (nn.Linear's kernels); the block adds the residual
             act = ACTIVATIONS[self.activation]
             return nn.functional.linear(act(nn.functional.linear(h, self.W1, self.b1)), self.W2, self.b2)
@@ -139,12 +139,14 @@ class _SparsePlan:
     with no W1 entry have pre-activation 0 and every activation maps 0 to 0, so they are left out)."""
 
     def __init__(self, W1: torch.Tensor, W2: torch.Tensor):
-        self.first = LinearPlan(W1)
+        self.first = LinearPlan(W1, reorder=True)  # the units in the order that reads W1's columns in runs
         W2 = W2.detach().coalesce()
         (ri, ci), val = W2.indices(), W2.values()
-        units = self.first.rows
-        pos = torch.searchsorted(units, ci).clamp(max=max(units.numel() - 1, 0))
-        keep = (units.numel() > 0) & (units[pos] == ci) if units.numel() else torch.zeros_like(ci, dtype=torch.bool)
+        units = self.first.rows.to(ci.device)
+        pos_of = torch.full((W2.shape[1],), -1, dtype=torch.long, device=ci.device)
+        pos_of[units] = torch.arange(units.numel(), device=ci.device)
+        pos = pos_of[ci]
+        keep = pos >= 0
         W2r = torch.sparse_coo_tensor(torch.stack([ri[keep], pos[keep]]), val[keep], (W2.shape[0], units.numel()),
                                       check_invariants=True)
         self.second = LinearPlan(W2r)

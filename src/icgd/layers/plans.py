@@ -35,11 +35,11 @@ def cached(owner, attr: str, tensors: tuple[torch.Tensor, ...], extra: tuple, bu
     versions (and `extra`, e.g. their device and dtype, is equal); the cache holds the tensors, so that no new tensor
     can take their place in memory while it lives."""
     entry = owner.__dict__.get(attr)
-    if entry is not None and entry[3] == extra and all(a is b for a, b in zip(entry[0], tensors)) \
-            and entry[1] == tuple(t._version for t in tensors):
+    if entry is not None and entry[3] == extra and entry[4] == list(map(id, tensors)) \
+            and entry[1] == [t._version for t in tensors]:
         return entry[2]
     value = build()
-    owner.__dict__[attr] = (tensors, tuple(t._version for t in tensors), value, extra)
+    owner.__dict__[attr] = (tensors, [t._version for t in tensors], value, extra, list(map(id, tensors)))
     return value
 
 
@@ -271,56 +271,142 @@ def head_mix(Ut: torch.Tensor, plan: BankPlan, alpha: torch.Tensor, c: torch.Ten
     return torch.bmm(c.unsqueeze(1), S).view(G, X)
 
 
+MAX_RUNS = 8  # a column list of at most this many contiguous runs is read as slices (views, or one cat), not gathered
+
+
+class Reader:
+    """Reading a list of token coordinates (repeats and any order allowed) ``(…, D) → (…, n)``: one slice (a view)
+    when they are one contiguous run, one ``cat`` of slices when they are at most ``MAX_RUNS`` runs, else a gather."""
+
+    def __init__(self, idx: torch.Tensor):
+        self.idx = idx.contiguous()
+        self.n = idx.numel()
+        runs: list[list[int]] = []
+        for c in idx.tolist():
+            if runs and runs[-1][1] == c:
+                runs[-1][1] = c + 1
+            else:
+                runs.append([c, c + 1])
+        self.runs = [tuple(r) for r in runs] if 0 < len(runs) <= MAX_RUNS else None
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        if self.runs is None:
+            return torch.gather(h, -1, self.idx.expand(*h.shape[:-1], self.n))
+        if len(self.runs) == 1:
+            a, b = self.runs[0]
+            return h[..., a:b]
+        return torch.cat([h[..., a:b] for a, b in self.runs], dim=-1)
+
+
 class LinearPlan:
     """A frozen sparse matrix ``W (out, in)`` applied to the last axis, ``x ↦ x Wᵀ``, restricted to the rows with a
-    nonzero entry (`rows`, sorted): a compact dense block on the columns it reads (`cols`) when that block holds at
-    most ``DENSE_FILL`` times the nonzeros (or is tiny), else one gather of every row's (zero-padded) entries."""
+    nonzero entry (`rows`, in the plan's output order): a compact dense block on the columns it reads (`cols`) when
+    that block holds at most ``DENSE_FILL`` times the nonzeros (or is tiny), else entry by entry: the k-th entries of
+    all rows are read at once (:class:`Reader`: slices where the columns run contiguously; one broadcast column when
+    every row's k-th entry reads the same coordinate) and summed with fused multiply-adds.
+
+    ``reorder=True`` lets the plan choose the output order of the rows (the rows' first readers of each column in
+    column order, then the second readers, …), so that the k-th entries run over contiguous columns; `rows` then
+    gives the order. Otherwise `rows` is sorted."""
 
     DENSE_FILL = 4
     TINY = 256
 
-    def __init__(self, W: torch.Tensor):
+    def __init__(self, W: torch.Tensor, reorder: bool = False):
         device = W.device
         W = W.detach().coalesce().cpu()
         (ri, ci), val = W.indices(), W.values()
         keep = val != 0
         ri, ci, val = ri[keep], ci[keep], val[keep]
-        self.rows = torch.unique(ri)
+        rows = torch.unique(ri)
         self.cols = Cols(torch.unique(ci))
-        R, C = self.rows.numel(), self.cols.n
-        rpos = _positions(ri, self.rows)
+        R, C = rows.numel(), self.cols.n
         self.dense = R * C <= max(self.DENSE_FILL * val.numel(), self.TINY)
+        if not self.dense and reorder and R:
+            first = torch.full((W.shape[0],), W.shape[1], dtype=torch.long)
+            first.scatter_reduce_(0, ri, ci, reduce="amin")  # each row's first column
+            col = first[rows]
+            rank = torch.zeros(R, dtype=torch.long)  # how many earlier rows read the same first column
+            seen: dict[int, int] = {}
+            for i, c in enumerate(col.tolist()):
+                rank[i] = seen.get(c, 0)
+                seen[c] = rank[i].item() + 1
+            rows = rows[torch.argsort(rank * (W.shape[1] + 1) + col, stable=True)]
+        self.rows = rows
+        pos_of = torch.full((W.shape[0],), -1, dtype=torch.long)
+        pos_of[rows] = torch.arange(R)
+        rpos = pos_of[ri]
         if self.dense:
-            block = torch.zeros(R, C, dtype=val.dtype, device=val.device)
+            block = torch.zeros(R, C, dtype=val.dtype)
             block.index_put_((rpos, _positions(ci, self.cols.idx)), val, accumulate=True)
             self.block_t = block.t().contiguous()  # (C, R)
         else:
             counts = torch.bincount(rpos, minlength=R)
             z = int(counts.max()) if R else 0
-            order = torch.argsort(rpos, stable=True)
+            order = torch.argsort(rpos * (W.shape[1] + 1) + ci, stable=True)  # by row, then column
             rpos, ci, val = rpos[order], ci[order], val[order]
             start = torch.cumsum(counts, 0) - counts
-            slot = torch.arange(rpos.numel(), device=rpos.device) - start[rpos]
-            idx = torch.zeros(R, z, dtype=torch.long, device=ci.device)
-            coef = torch.zeros(R, z, dtype=val.dtype, device=val.device)
-            idx[rpos, slot], coef[rpos, slot] = ci, val
-            # entry-major (z, R): the k-th entries of all rows are one contiguous run of the gathered columns, so the
-            # row sums are z − 1 fused multiply-adds on (…, R) slices (a sum over a short last axis is slow on a CPU)
-            self.idx, self.coef, self.z = idx.t().reshape(-1).contiguous(), coef.t().contiguous(), z
+            slot = torch.arange(rpos.numel()) - start[rpos]
+            idx = torch.full((z, R), -1, dtype=torch.long)
+            coef = torch.zeros(z, R, dtype=val.dtype)
+            idx[slot, rpos], coef[slot, rpos] = ci, val
+            self.entries = []  # per k: (Reader, coefficients (R,)) or (column (start, stop), coefficients)
+            for k in range(z):
+                used = idx[k][idx[k] >= 0]
+                if used.numel() and bool((used == used[0]).all()):
+                    c0 = int(used[0])
+                    self.entries.append(((c0, c0 + 1), coef[k].contiguous()))
+                    continue
+                ik = idx[k].clone()
+                ik[ik < 0] = _fill_pads(ik)
+                self.entries.append((Reader(ik), coef[k].contiguous()))
+            self.z = z
         self.out_dim, self.R = W.shape[0], R
+        r = rows.tolist()
+        self.out_run = (r[0], r[-1] + 1) if R and r == list(range(r[0], r[-1] + 1)) else None
         _to(self, device)
+        if not self.dense:
+            for read, _ in self.entries:
+                if isinstance(read, Reader):
+                    read.idx = read.idx.to(device)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``(x Wᵀ)[…, rows]``, ``(…, R)``."""
         if self.dense:
             return torch.matmul(self.cols(x), self.block_t)
-        g, R = gather_last(x, self.idx), self.R
-        out = g[..., :R] * self.coef[0]
-        for k in range(1, self.z):
-            out.addcmul_(g[..., k * R:(k + 1) * R], self.coef[k])
+        out = None
+        for read, coef in self.entries:
+            part = x[..., read[0]:read[1]] if isinstance(read, tuple) else read(x)
+            out = part * coef if out is None else out.addcmul_(part, coef)
         return out
+
+    def add_to(self, h: torch.Tensor, out: torch.Tensor, inplace: bool) -> torch.Tensor:
+        """``h`` plus `out` ``(…, R)`` at the rows (a slice add when they are one sorted run and `inplace`)."""
+        if inplace and self.out_run is not None:
+            h[..., self.out_run[0]:self.out_run[1]].add_(out)
+            return h
+        return h.index_add_(-1, self.rows, out) if inplace else h.index_add(-1, self.rows, out)
 
     def full(self, x: torch.Tensor) -> torch.Tensor:
         """``x Wᵀ`` with every output row, ``(…, out)`` (zeros outside `rows`)."""
         out = x.new_zeros(*x.shape[:-1], self.out_dim)
         return out.index_copy_(-1, self.rows, self(x))
+
+
+def _fill_pads(idx: torch.Tensor) -> torch.Tensor:
+    """Columns for the padded slots (coefficient 0) of an entry list `idx` (−1 there): the previous slot's column + 1
+    where that keeps a run going, else the previous column, so that pads do not break contiguous runs."""
+    out, prev = [], None
+    vals = idx.tolist()
+    for i, c in enumerate(vals):
+        if c >= 0:
+            prev = c
+            continue
+        nxt = next((v for v in vals[i + 1:] if v >= 0), None)
+        guess = 0 if prev is None and nxt is None else (nxt - 1 if prev is None else prev + 1)
+        if nxt is not None and prev is not None and nxt != prev + 2:
+            guess = prev
+        guess = max(guess, 0)
+        out.append(guess)
+        prev = guess
+    return torch.tensor(out, dtype=torch.long)
