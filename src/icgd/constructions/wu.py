@@ -50,8 +50,10 @@ on queries.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 import torch
 
@@ -326,7 +328,7 @@ def projection_guard(layout: Layout, box: float, dtype: torch.dtype):
     w = layout.slice("w")
 
     def hook(module, args):
-        z = args[0][:, 0, w]
+        z = args[0][:, 0, w].detach()
         if z.numel() and float(z.abs().max()) > limit:
             raise RangeError(f"a GD step reached |w − η∇L| = {float(z.abs().max()):.3g}, beyond {limit:.3g} "
                              f"(box/√eps for {dtype}): the projection onto [−{box:g}, {box:g}] cannot be computed "
@@ -401,10 +403,10 @@ class ConstructedICGD(Transformer):
         unit's ``v_jk · p̄_i(j−1)`` at once, as the tokens' p̄ columns times a (columns, units) matrix holding each v_jk
         at the rows of p̄(j−1)."""
         B, T, _ = tokens.shape
-        buf = self._buffers
+        buf, t = self._buffers, tokens.detach()
         cols, R = buf["_pre_cols"], buf["_pre_R"]
-        M = (tokens[:, 0].index_select(-1, buf["_pre_w"]) * buf["_pre_mask"]).view(B, cols.numel(), R.numel())
-        prev = torch.gather(tokens, -1, cols.expand(B, T, cols.numel()))
+        M = (t[:, 0].index_select(-1, buf["_pre_w"]) * buf["_pre_mask"]).view(B, cols.numel(), R.numel())
+        prev = torch.gather(t, -1, cols.expand(B, T, cols.numel()))
         ratio = torch.bmm(prev, M).abs_().amax(dim=(0, 1)).div_(R)
         if float(ratio.max()) > 1 + 1e-9:
             self._range_error(tokens, step)
@@ -539,5 +541,20 @@ def deep_gd(spec: NetSpec, *, eta: float, steps: int, box: float | None = None, 
     else:
         raise SpecError("cannot derive the fit interval: pass box and x_bound (a-priori bound), or fit_range "
                         "(e.g. from icgd.constructions.fit_ranges_from_data)")
-    return ConstructedICGD(spec, eta=eta, steps=steps, box=box, knots=knots, fit_ranges=ranges, x_bound=x_bound,
-                           y_bound=y_bound, readout=readout, dtype=dtype)
+    with gc_paused():  # thousands of small modules: no full collections of the whole heap while they are made
+        return ConstructedICGD(spec, eta=eta, steps=steps, box=box, knots=knots, fit_ranges=ranges,
+                               x_bound=x_bound, y_bound=y_bound, readout=readout, dtype=dtype)
+
+
+@contextmanager
+def gc_paused():
+    """Python's cyclic garbage collector off for the block (if it was on). Building a model creates thousands of
+    modules (hook points per layer position), and each allocation-triggered full collection scans every object of
+    the process — with torch and scikit-learn loaded, about as long as the build itself."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

@@ -172,12 +172,11 @@ class ReLUAttention(HeadLayer):
         if mix is not None:
             if h.shape[-1] != plan.dim:
                 raise ShapeError(f"tokens have dimension {h.shape[-1]} but the heads expect {plan.dim}")
-            Hs = plan.keys_shared.sh(h)  # the key columns (rows with a nonzero query and key coefficient)
-            if _invariant(Hs):
-                return self._shared_keys_planned(h, Hs, mix, plan, inplace)
-            Hs = plan.queries_shared.sh(h)
-            if _invariant(Hs):
-                return self._shared_queries_planned(h, Hs, mix, plan, inplace)
+            # the key columns (of rows with a nonzero query and key coefficient), then the query columns
+            if _invariant(plan.keys_shared.shared_view(h)):
+                return self._shared_keys_planned(h, mix, plan, inplace)
+            if _invariant(plan.queries_shared.shared_view(h)):
+                return self._shared_queries_planned(h, mix, plan, inplace)
         hb = bank_for(self, h)
         if h.shape[-1] != hb.dim:
             raise ShapeError(f"tokens have dimension {h.shape[-1]} but the heads expect {hb.dim}")
@@ -196,13 +195,12 @@ class ReLUAttention(HeadLayer):
         U = Ut.transpose(0, 1).reshape(Ut.shape[1], B * X)
         return head_mix(U, plan, *mix).view(plan.G, B, X).transpose(0, 1)
 
-    def _shared_keys_planned(self, h: torch.Tensor, Hs: torch.Tensor, mix: tuple, plan: BankPlan, inplace: bool
-                             ) -> torch.Tensor:
+    def _shared_keys_planned(self, h: torch.Tensor, mix: tuple, plan: BankPlan, inplace: bool) -> torch.Tensor:
         """:meth:`_shared_keys` through the bank's plan: one matmul gives every block score against the shared
-        key rows (token 0's key columns `Hs`), the value map reads its few columns summed over the tokens, and the
+        key rows (read from token 0), the value map reads its few columns summed over the tokens, and the
         update goes to the value entries' destination columns."""
         T = h.shape[1]
-        A = self._mix(plan.keys_shared.scores(h, Hs), mix, plan)  # (B, G, T): weight of token i
+        A = self._mix(plan.keys_shared.scores(h), mix, plan)  # (B, G, T): weight of token i
         vals = plan.vcols(h).sum(1).index_select(-1, plan.vpos).mul_(plan.vcoef_over(T))  # (B, E): V Σ_s h_s / T
         if plan.vg_identity:
             upd = (A * vals.unsqueeze(-1)).transpose(1, 2)  # (B, T, E)
@@ -210,13 +208,12 @@ class ReLUAttention(HeadLayer):
             upd = plan.per_group(A.transpose(1, 2)) * vals.unsqueeze(1)
         return plan.write(h, upd, inplace)
 
-    def _shared_queries_planned(self, h: torch.Tensor, Hs: torch.Tensor, mix: tuple, plan: BankPlan,
-                                inplace: bool) -> torch.Tensor:
+    def _shared_queries_planned(self, h: torch.Tensor, mix: tuple, plan: BankPlan, inplace: bool) -> torch.Tensor:
         """:meth:`_shared_queries` through the bank's plan: one matmul gives every key's block scores against the
-        shared query rows (token 0's query columns `Hs`), a second the weighted sums of the value columns; every
+        shared query rows (read from token 0), a second the weighted sums of the value columns; every
         token gets the same update."""
         B, T = h.shape[:2]
-        a = self._mix(plan.queries_shared.scores(h, Hs), mix, plan)  # (B, G, S): weight of key s
+        a = self._mix(plan.queries_shared.scores(h), mix, plan)  # (B, G, S): weight of key s
         Mv = torch.bmm(a, plan.vcols(h))  # (B, G, cv)
         vals = Mv.view(B, -1).index_select(-1, plan.vgpos).mul_(plan.vcoef_over(T))  # (B, E)
         return plan.write(h, vals.unsqueeze(1), inplace)

@@ -97,7 +97,9 @@ class Shared:
         c = self.per.n
         g = torch.arange(G)[:, None].expand(G, r)
         pos = ((block * G + g) * c + _positions(per_idx, self.per.idx).clamp(max=max(c - 1, 0)))[keep]
-        src = _positions(sh_idx, self.sh.idx)[keep]  # position among the shared columns
+        src = sh_idx[keep]  # token coordinate of the shared row
+        runs = Reader(self.sh.idx).runs
+        self.sh_runs = runs  # the shared columns as contiguous runs (None: too many, read with a gather)
         coef = (per_coef * sh_coef)[keep]
         self.size, self.shape = nb * G * c, (nb * G, c)
         # Mᵀ as one gather of the shared columns times a coefficient per slot (0 where no row pair lands), when no
@@ -109,11 +111,18 @@ class Shared:
         else:
             self.pos, self.src, self.coef = pos.contiguous(), src.contiguous(), coef.contiguous()
 
-    def scores(self, h: torch.Tensor, Hs: torch.Tensor) -> torch.Tensor:
-        """``Uᵀ (B, nb·G, T)`` (block b of group g in row ``b·G + g``) from the tokens and the shared rows' columns
-        ``Hs = self.sh(h)`` (the same in every token)."""
+    def shared_view(self, h: torch.Tensor) -> list[torch.Tensor] | torch.Tensor:
+        """The shared rows' columns of every token, for the invariance test: views of their runs (no copy), or one
+        gather when they form many runs."""
+        if self.sh_runs is None:
+            return self.sh(h)
+        return [h[..., a:b] for a, b in self.sh_runs]
+
+    def scores(self, h: torch.Tensor) -> torch.Tensor:
+        """``Uᵀ (B, nb·G, T)`` (block b of group g in row ``b·G + g``) from the tokens, whose shared rows' columns
+        are the same in every token (so they are read from token 0)."""
         B = h.shape[0]
-        h0 = Hs[:, 0]
+        h0 = h[:, 0]
         if self.single:
             M = (h0.index_select(-1, self.src) * self.coef).view(B, *self.shape)
         else:
