@@ -192,3 +192,15 @@ def test_transformer_of_plain_modules_is_unchanged(gen):
     ref = h + model.layers[0].lin(h)
     ref = ref + model.layers[1].lin(ref)
     np.testing.assert_allclose(out.numpy(), ref.detach().numpy(), rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("reorder", [False, True])
+def test_linear_plan_pads_stay_inside_the_token(gen, reorder):
+    """Rows of different lengths whose entries end at the last coordinate: the padded slots must read valid
+    coordinates (a regression: a pad continuing a run past the last column)."""
+    D = 5
+    W = torch.zeros(6, D, dtype=torch.float64)
+    W[0, 3], W[0, 4], W[1, 4], W[2, 2], W[2, 4], W[3, 4], W[5, 1] = 1.0, 2.0, -1.0, 0.5, 3.0, 1.5, -2.0
+    plan = LinearPlan(W.to_sparse(), reorder=reorder)
+    x = rnd(gen, 1, 3, D)
+    np.testing.assert_allclose(plan.full(x).numpy(), (x @ W.T).numpy(), rtol=1e-14, atol=1e-14)

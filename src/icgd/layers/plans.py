@@ -367,7 +367,7 @@ class LinearPlan:
                     self.entries.append(((c0, c0 + 1), coef[k].contiguous()))
                     continue
                 ik = idx[k].clone()
-                ik[ik < 0] = _fill_pads(ik)
+                ik[ik < 0] = _fill_pads(ik, W.shape[1])
                 self.entries.append((Reader(ik), coef[k].contiguous()))
             self.z = z
         self.out_dim, self.R = W.shape[0], R
@@ -402,20 +402,28 @@ class LinearPlan:
         return out.index_copy_(-1, self.rows, self(x))
 
 
-def _fill_pads(idx: torch.Tensor) -> torch.Tensor:
-    """Columns for the padded slots (coefficient 0) of an entry list `idx` (−1 there): the previous slot's column + 1
-    where that keeps a run going, else the previous column, so that pads do not break contiguous runs."""
-    out, prev = [], None
+def _fill_pads(idx: torch.Tensor, dim: int) -> torch.Tensor:
+    """Columns in ``[0, dim)`` for the padded slots (coefficient 0; −1 in `idx`) of an entry list: the previous
+    column + 1 where that continues a run into the next real column (or ends the list), else the previous column,
+    so that pads do not break contiguous runs."""
     vals = idx.tolist()
+    nxt: list[int | None] = [None] * len(vals)
+    following = None
+    for i in range(len(vals) - 1, -1, -1):
+        nxt[i] = following
+        if vals[i] >= 0:
+            following = vals[i]
+    out, prev = [], None
     for i, c in enumerate(vals):
         if c >= 0:
             prev = c
             continue
-        nxt = next((v for v in vals[i + 1:] if v >= 0), None)
-        guess = 0 if prev is None and nxt is None else (nxt - 1 if prev is None else prev + 1)
-        if nxt is not None and prev is not None and nxt != prev + 2:
+        if prev is not None and prev + 1 < dim and (nxt[i] is None or nxt[i] == prev + 2):
+            guess = prev + 1
+        elif prev is not None:
             guess = prev
-        guess = max(guess, 0)
+        else:
+            guess = max(nxt[i] - 1, 0) if nxt[i] is not None else 0
         out.append(guess)
         prev = guess
     return torch.tensor(out, dtype=torch.long)
