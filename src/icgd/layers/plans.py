@@ -375,9 +375,8 @@ class LinearPlan:
         self.out_run = (r[0], r[-1] + 1) if R and r == list(range(r[0], r[-1] + 1)) else None
         _to(self, device)
         if not self.dense:
-            for read, _ in self.entries:
-                if isinstance(read, Reader):
-                    read.idx = read.idx.to(device)
+            self.entries = [(read if isinstance(read, tuple) else _to(read, device), coef.to(device))
+                            for read, coef in self.entries]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``(x Wᵀ)[…, rows]``, ``(…, R)``."""
