@@ -50,8 +50,10 @@ on queries.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 import torch
 
@@ -137,9 +139,12 @@ def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def _range_index_bytes(P: int, imax: int, s: int) -> int:
-    """The range check's index buffers: three (P, imax) long tensors, a (P, imax) mask and P bounds."""
-    return P * imax * (24 + s) + P * s
+def _range_index_bytes(spec: NetSpec, s: int) -> int:
+    """The range check's index buffers: the C coordinates of p̄(0 … N−1) (long; C = d_in + P − d_out), a (C, P) long
+    index and a (C, P) mask, and P bounds (P units)."""
+    P = spec.num_units
+    C = spec.d_in + P - spec.d_out
+    return C * 8 + C * P * (8 + s) + P * s
 
 
 def _sparse_bytes(nnz: int, s: int) -> int:
@@ -171,7 +176,7 @@ def deep_gd_memory(spec: NetSpec, *, knots: int = DEFAULT_KNOTS, box: float | No
     params += sparse_bank_bytes(d_out, 1, 1, 1, 1, s) + sum(sparse_bank_bytes(outs[j - 1], outs[j], 1, 1, 1, s)
                                                       for j in range(1, N))  # back
     params += sparse_bank_bytes(P, 1, imax, 1, 2, s) + P * 2 * s  # step and its sign buffer
-    params += _range_index_bytes(P, imax, s)
+    params += _range_index_bytes(spec, s)
     params += _sparse_bytes(10 * d_out, s)  # loss MLP
     params += _sparse_bytes(4 * C + (2 * Dw if box is not None else 0), s)  # project MLP
     entries = max(P * (2 * rmax + 1), P * (imax + 3), max((outs[j - 1] * (2 * outs[j] + 1) for j in range(1, N)),
@@ -323,7 +328,7 @@ def projection_guard(layout: Layout, box: float, dtype: torch.dtype):
     w = layout.slice("w")
 
     def hook(module, args):
-        z = args[0][:, 0, w]
+        z = args[0][:, 0, w].detach()
         if z.numel() and float(z.abs().max()) > limit:
             raise RangeError(f"a GD step reached |w − η∇L| = {float(z.abs().max()):.3g}, beyond {limit:.3g} "
                              f"(box/√eps for {dtype}): the projection onto [−{box:g}, {box:g}] cannot be computed "
@@ -372,36 +377,37 @@ class ConstructedICGD(Transformer):
         self._preactivation_index(b)
 
     def _preactivation_index(self, b: _Builder) -> None:
-        """Index buffers of :meth:`_check_range`: for every unit (j, k) the coordinates of p̄(j−1) and of v_jk in the
-        token (padded to the widest fan-in, with a 0/1 mask), and R_j."""
+        """Index buffers of :meth:`_check_range`: the token coordinates of every p̄(j−1) (`_pre_cols`, sorted), and for
+        every slot (c, p) of the (columns, units) matrix holding each unit's v_jk at the rows of its p̄(j−1), the
+        coordinate of that weight in the token (`_pre_w`, with a 0/1 mask `_pre_mask` for empty slots); R_j per unit."""
         N, shapes = self.spec.depth, self.spec.shapes
-        imax = max(i for _, i in shapes)
-        prev, wi, mask, R = [], [], [], []
-        for j in range(1, N + 1):
-            out_j, in_j = shapes[j - 1]
-            for k in range(out_j):
-                prev.append([b.prev(j, q) for q in range(in_j)] + [b.one] * (imax - in_j))
-                wi.append([b.w(j, k, q) for q in range(in_j)] + [b.one] * (imax - in_j))
-                mask.append([1.0] * in_j + [0.0] * (imax - in_j))
-                R.append(self.fit_ranges[j - 1])
-        for name, t in (("_pre_prev", torch.tensor(prev)), ("_pre_w", torch.tensor(wi)),
+        units = [(j, k) for j in range(1, N + 1) for k in range(shapes[j - 1][0])]
+        cols = sorted({b.prev(j, q) for j in range(1, N + 1) for q in range(shapes[j - 1][1])})
+        pos = {c: i for i, c in enumerate(cols)}
+        P = len(units)
+        wi, mask = [b.one] * (len(cols) * P), [0.0] * (len(cols) * P)
+        for p, (j, k) in enumerate(units):
+            for q in range(shapes[j - 1][1]):
+                slot = pos[b.prev(j, q)] * P + p
+                wi[slot], mask[slot] = b.w(j, k, q), 1.0
+        R = [self.fit_ranges[j - 1] for j, _ in units]
+        for name, t in (("_pre_cols", torch.tensor(cols)), ("_pre_w", torch.tensor(wi)),
                         ("_pre_mask", torch.tensor(mask, dtype=self.dtype)),
                         ("_pre_R", torch.tensor(R, dtype=self.dtype))):
             self.register_buffer(name, t, persistent=False)
-        unit = torch.arange(len(prev))[:, None].expand(-1, imax)
-        self.register_buffer("_pre_flat", (self._pre_prev * len(prev) + unit).reshape(-1), persistent=False)
 
     # ----------------------------------------------------------------------------------------------- running
 
     def _check_range(self, tokens: torch.Tensor, step: int) -> None:
         """Raise if a pre-activation of the current step left its fit interval (uses p̄ read from the tokens): every
-        unit's ``v_jk · p̄_i(j−1)`` at once, as the tokens times a (D, units) matrix holding each v_jk at the rows of
-        p̄(j−1)."""
-        B, T, D = tokens.shape
-        P, imax = self._pre_prev.shape
-        v = tokens[:, 0].index_select(-1, self._pre_w.view(-1)) * self._pre_mask.view(-1)  # (B, P·imax)
-        M = tokens.new_zeros(B, D * P).index_add_(1, self._pre_flat, v).view(B, D, P)  # unit p reads M[:, :, p]
-        ratio = torch.bmm(tokens, M).abs().amax(dim=(0, 1)) / self._pre_R
+        unit's ``v_jk · p̄_i(j−1)`` at once, as the tokens' p̄ columns times a (columns, units) matrix holding each v_jk
+        at the rows of p̄(j−1)."""
+        B, T, _ = tokens.shape
+        buf, t = self._buffers, tokens.detach()
+        cols, R = buf["_pre_cols"], buf["_pre_R"]
+        M = (t[:, 0].index_select(-1, buf["_pre_w"]) * buf["_pre_mask"]).view(B, cols.numel(), R.numel())
+        prev = torch.gather(t, -1, cols.expand(B, T, cols.numel()))
+        ratio = torch.bmm(prev, M).abs_().amax(dim=(0, 1)).div_(R)
         if float(ratio.max()) > 1 + 1e-9:
             self._range_error(tokens, step)
 
@@ -453,16 +459,18 @@ class ConstructedICGD(Transformer):
 
     def _run(self, tokens: torch.Tensor, record: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
         N, S = self.spec.depth, self.block_size
-        ws = [tokens[:, 0, self.layout.slice("w")]]
-        h = tokens
+        w = self.layout.slice("w")
+        ws = [tokens[:, 0, w]]
+        self._check(tokens)
+        h, owned = tokens, False  # owned: the layers may update h in place (Transformer._run_layers)
         for step in range(self.steps):
-            h = Transformer.forward(self, h, step * S, step * S + N)
+            h, owned = self._run_layers(h, step * S, step * S + N, owned)
             self._check_range(h, step)
-            h = Transformer.forward(self, h, step * S + N, (step + 1) * S)
+            h, owned = self._run_layers(h, step * S + N, (step + 1) * S, owned)
             if record:
-                ws.append(h[:, 0, self.layout.slice("w")])
+                ws.append(h[:, 0, w].clone() if owned else h[:, 0, w])
         if self.readout:
-            h = Transformer.forward(self, h, self.steps * S)
+            h, _ = self._run_layers(h, self.steps * S, None, owned)
             self._check_range(h, self.steps)
         return h, ws
 
@@ -556,5 +564,20 @@ def deep_gd(spec: NetSpec, *, eta: float, steps: int, box: float | None = None, 
     else:
         raise SpecError("cannot derive the fit interval: pass box and x_bound (a-priori bound), or fit_range "
                         "(e.g. from icgd.constructions.fit_ranges_from_data)")
-    return ConstructedICGD(spec, eta=eta, steps=steps, box=box, knots=knots, fit_ranges=ranges, x_bound=x_bound,
-                           y_bound=y_bound, readout=readout, dtype=dtype)
+    with gc_paused():  # thousands of small modules: no full collections of the whole heap while they are made
+        return ConstructedICGD(spec, eta=eta, steps=steps, box=box, knots=knots, fit_ranges=ranges,
+                               x_bound=x_bound, y_bound=y_bound, readout=readout, dtype=dtype)
+
+
+@contextmanager
+def gc_paused():
+    """Python's cyclic garbage collector off for the block (if it was on). Building a model creates thousands of
+    modules (hook points per layer position), and each allocation-triggered full collection scans every object of
+    the process — with torch and scikit-learn loaded, about as long as the build itself."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

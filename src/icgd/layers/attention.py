@@ -40,7 +40,8 @@ from torch import nn
 from icgd._checks import positive_int
 from icgd.errors import ShapeError, SpecError
 from icgd.hooks import HookPoint
-from icgd.layers.heads import HeadBank, HeadLayer, bank_for
+from icgd.layers.heads import BankView, HeadBank, HeadLayer, bank_for
+from icgd.layers.plans import BankPlan, bank_plan, fast_state, head_mix
 
 _CHUNK_ELEMENTS = 1 << 23  # score elements materialised at once when mixing many heads
 
@@ -286,7 +287,7 @@ def _sector_mix(U: torch.Tensor, bounds: torch.Tensor, coef: torch.Tensor) -> to
 def _invariant(t: torch.Tensor | list[torch.Tensor]) -> bool:
     """True when every token has exactly the same rows (dimension 1 is the token axis), in every tensor of a list."""
     parts = t if isinstance(t, (list, tuple)) else [t]
-    return all(p.shape[1] == 1 or torch.equal(p, p[:, :1].expand_as(p)) for p in parts)
+    return all(p.shape[1] == 1 or torch.equal(p[:, 1:], p[:, :-1]) for p in parts)  # each token equals the next
 def _hooked(layer: nn.Module) -> bool:
     """Whether something listens to the layer's ``hook_pattern`` or ``hook_z``."""
     return layer.hook_pattern.active or layer.hook_z.active
@@ -334,16 +335,78 @@ class ReLUAttention(HeadLayer):
         return like.new_tensor(float(T))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        if _hooked(self):
+        return self._forward(h, inplace=False)
+
+    def forward_inplace(self, h: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` adding the update into `h` itself where the layer has a plan (see
+        :meth:`icgd.layers.transformer.Transformer._run_layers`); returns the result (`h` or a new tensor)."""
+        return self._forward(h, inplace=True)
+
+    def _forward(self, h: torch.Tensor, inplace: bool) -> torch.Tensor:
+        mods = self._modules  # (nn.Module.__getattr__ costs more than this layer's arithmetic on small inputs)
+        if mods["hook_pattern"]._forward_hooks or mods["hook_z"]._forward_hooks:
             return _bank_forward_hooked(self, h, self._pattern)
+        bank = mods["heads"]
+        mix = None
+        if not self.causal:  # a frozen sparse bank: its plan (icgd.layers.plans)
+            coefficients = mods.get("coefficients") or self.__dict__.get("coefficients")
+            if coefficients is None:
+                fast = fast_state(bank)
+                if fast is not None:
+                    plan, mix = fast.plan, (fast.alpha, fast.c, fast.sectors)
+            else:
+                plan = bank_plan(bank)
+                if plan is not None:
+                    hb = BankView(bank, **coefficients(h, bank))
+                    mix = (hb.alpha, hb.c, hb.relu_sectors())
+        if mix is not None:
+            if h.shape[-1] != plan.dim:
+                raise ShapeError(f"tokens have dimension {h.shape[-1]} but the heads expect {plan.dim}")
+            # the key columns (of rows with a nonzero query and key coefficient), then the query columns
+            if _invariant(plan.keys_shared.shared_view(h)):
+                return self._shared_keys_planned(h, mix, plan, inplace)
+            if _invariant(plan.queries_shared.shared_view(h)):
+                return self._shared_queries_planned(h, mix, plan, inplace)
         hb = bank_for(self, h)
         if h.shape[-1] != hb.dim:
             raise ShapeError(f"tokens have dimension {h.shape[-1]} but the heads expect {hb.dim}")
-        if _invariant(hb.k.token_view(h)):
+        if mix is None and _invariant(hb.k.token_view(h)):
             return hb.v.add_to(h, self._shared_keys(h, hb))
-        if _invariant(hb.q.token_view(h)):
+        if mix is None and _invariant(hb.q.token_view(h)):
             return hb.v.add_to(h, self._shared_queries(h, hb))
         return hb.v.add_to(h, self._all_pairs(h, hb))
+
+    @staticmethod
+    def _mix(Ut: torch.Tensor, mix: tuple, plan: BankPlan) -> torch.Tensor:
+        """The groups' head sums ``(B, G, X)`` of block scores ``Uᵀ (B, nb·G, X)``; `mix` = (α, c, sectors)."""
+        B, X = Ut.shape[0], Ut.shape[-1]
+        if B == 1:
+            return head_mix(Ut[0], plan, *mix).unsqueeze(0)
+        U = Ut.transpose(0, 1).reshape(Ut.shape[1], B * X)
+        return head_mix(U, plan, *mix).view(plan.G, B, X).transpose(0, 1)
+
+    def _shared_keys_planned(self, h: torch.Tensor, mix: tuple, plan: BankPlan, inplace: bool) -> torch.Tensor:
+        """:meth:`_shared_keys` through the bank's plan: one matmul gives every block score against the shared
+        key rows (read from token 0), the value map reads its few columns summed over the tokens, and the
+        update goes to the value entries' destination columns."""
+        T = h.shape[1]
+        A = self._mix(plan.keys_shared.scores(h), mix, plan)  # (B, G, T): weight of token i
+        vals = plan.vcols(h).sum(1).index_select(-1, plan.vpos).mul_(plan.vcoef_over(T))  # (B, E): V Σ_s h_s / T
+        if plan.vg_identity:
+            upd = (A * vals.unsqueeze(-1)).transpose(1, 2)  # (B, T, E)
+        else:
+            upd = plan.per_group(A.transpose(1, 2)) * vals.unsqueeze(1)
+        return plan.write(h, upd, inplace)
+
+    def _shared_queries_planned(self, h: torch.Tensor, mix: tuple, plan: BankPlan, inplace: bool) -> torch.Tensor:
+        """:meth:`_shared_queries` through the bank's plan: one matmul gives every key's block scores against the
+        shared query rows (read from token 0), a second the weighted sums of the value columns; every
+        token gets the same update."""
+        B, T = h.shape[:2]
+        a = self._mix(plan.queries_shared.scores(h), mix, plan)  # (B, G, S): weight of key s
+        Mv = torch.bmm(a, plan.vcols(h))  # (B, G, cv)
+        vals = Mv.view(B, -1).index_select(-1, plan.vgpos).mul_(plan.vcoef_over(T))  # (B, E)
+        return plan.write(h, vals.unsqueeze(1), inplace)
 
     def _shared_keys(self, h: torch.Tensor, hb) -> torch.Tensor:
         """Every token has the same key rows k: ``Σ_s relu(⟨q_i, k⟩) V h_s = relu(⟨q_i, k⟩) V Σ_s h_s`` — the value

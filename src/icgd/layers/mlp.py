@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from icgd.errors import ShapeError, SpecError
+from icgd.layers.plans import LinearPlan, cached
 
 ACTIVATIONS = {
     "relu": torch.relu,
@@ -87,8 +88,30 @@ class MLP(nn.Module):
         return self.b1 is not None
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self._forward(h, inplace=False)
+
+    def forward_inplace(self, h: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` adding the update into `h` itself where the MLP has a plan (frozen sparse weights; see
+        :meth:`icgd.layers.transformer.Transformer._run_layers`); returns the result."""
+        return self._forward(h, inplace=True)
+
+    def _plan(self) -> _SparsePlan | None:
+        """The cached :class:`_SparsePlan` of frozen sparse weights, or None (parameters read from the module's dict:
+        ``nn.Module.__getattr__`` costs more than a small layer's arithmetic)."""
+        p = self._parameters
+        W1, W2 = p["W1"], p["W2"]
+        if not (W1.is_sparse and W2.is_sparse) or p.get("b1") is not None or not self.residual \
+                or W1.requires_grad or W2.requires_grad:
+            return None
+        return cached(self, "_plan_cache", (W1, W2), (W1.device, W1.dtype), lambda: _SparsePlan(W1, W2))
+
+    def _forward(self, h: torch.Tensor, inplace: bool) -> torch.Tensor:
         if h.shape[-1] != self.dim:
             raise ShapeError(f"tokens have dimension {h.shape[-1]}, the MLP expects {self.dim}")
+        plan = self._plan()
+        if plan is not None:  # the few columns W1 reads, the units, the columns W2 writes
+            out = plan.second(ACTIVATIONS[self.activation](plan.first(h)))
+            return plan.second.add_to(h, out, inplace)
         if not self.residual:  # fused bias adds (nn.Linear's kernels); the block adds the residual
             act = ACTIVATIONS[self.activation]
             return nn.functional.linear(act(nn.functional.linear(h, self.W1, self.b1)), self.W2, self.b2)
@@ -108,6 +131,25 @@ class MLP(nn.Module):
         act = "" if self.activation == "relu" else f", activation={self.activation}"
         res = "" if self.residual else ", residual=False"
         return f"dim={self.dim}, width={self.width}, bias={self.bias}, sparse={self.W1.is_sparse}{act}{res}"
+
+
+class _SparsePlan:
+    """Sparse ``W1 (width, D)`` and ``W2 (D, width)`` as :class:`~icgd.layers.plans.LinearPlan` s: ``first`` gives the
+    pre-activations of the units W1 reads into, ``second`` maps their activations to the columns W2 writes (units
+    with no W1 entry have pre-activation 0 and every activation maps 0 to 0, so they are left out)."""
+
+    def __init__(self, W1: torch.Tensor, W2: torch.Tensor):
+        self.first = LinearPlan(W1, reorder=True)  # the units in the order that reads W1's columns in runs
+        W2 = W2.detach().coalesce()
+        (ri, ci), val = W2.indices(), W2.values()
+        units = self.first.rows.to(ci.device)
+        pos_of = torch.full((W2.shape[1],), -1, dtype=torch.long, device=ci.device)
+        pos_of[units] = torch.arange(units.numel(), device=ci.device)
+        pos = pos_of[ci]
+        keep = pos >= 0
+        W2r = torch.sparse_coo_tensor(torch.stack([ri[keep], pos[keep]]), val[keep], (W2.shape[0], units.numel()),
+                                      check_invariants=True)
+        self.second = LinearPlan(W2r)
 
 
 def _matmul(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:

@@ -6,12 +6,18 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _module
 
 from icgd.errors import ShapeError
 from icgd.hooks import ActivationCache, HookedModel, HookPoint
 from icgd.layers.summary import LayerTable
 
 __all__ = ["ActivationCache", "HookPoint", "Transformer", "layer_info"]
+
+
+def _global_hooks() -> bool:
+    """Whether a global module hook (``torch.nn.modules.module.register_module_forward_hook`` and friends) is set."""
+    return bool(_module._global_forward_hooks or _module._global_forward_pre_hooks)
 
 
 class _Slot(nn.Module):
@@ -48,15 +54,44 @@ class Transformer(HookedModel):
     def forward(self, tokens: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Run layers ``start … stop−1`` (all by default)."""
         self._check(tokens)
-        h = tokens
+        return self._run_layers(tokens, start, stop)[0]
+
+    def _run_layers(self, h: torch.Tensor, start: int = 0, stop: int | None = None, owned: bool = False
+                    ) -> tuple[torch.Tensor, bool]:
+        """Layers ``start … stop−1`` on `h`; returns the result and whether this model owns it (`owned`: whether it
+        owns `h`, i.e. no one else holds a reference that must not change).
+
+        While no gradient is recorded, a layer with a ``forward_inplace`` method (the frozen sparse layers) adds its
+        update into the residual stream in place: the stream is copied once (when not owned) instead of once per
+        layer. Hook points without hooks are skipped; a hook on a hook point, on a layer or a global module hook
+        gives the plain path (every layer returns a new tensor)."""
+        fast = not torch.is_grad_enabled() and not _global_hooks()
+        layers = list(self._modules["layers"]._modules.values())
+        blocks = list(self._modules["blocks"]._modules.values())
+        d = self.__dict__  # _scope is a plain attribute: skip nn.Module.__setattr__
         try:
-            for i in range(start, len(self.layers) if stop is None else stop):
-                self._scope = f"layers.{i}."
-                slot = self.blocks[i]
-                h = slot.hook_resid_post(self.layers[i](slot.hook_resid_pre(h)))
+            for i in range(start, len(layers) if stop is None else stop):
+                d["_scope"] = f"layers.{i}."
+                layer, slot = layers[i], blocks[i]._modules
+                pre, post = slot["hook_resid_pre"], slot["hook_resid_post"]
+                if not fast or pre._forward_hooks or pre._forward_pre_hooks:
+                    h, owned = pre(h), False
+                step = getattr(layer, "forward_inplace", None) if fast else None
+                if step is None or layer._forward_hooks or layer._forward_pre_hooks_with_kwargs:
+                    h, owned = layer(h), False
+                else:
+                    for hook in tuple(layer._forward_pre_hooks.values()):  # e.g. a guard that reads the input
+                        out = hook(layer, (h,))
+                        if out is not None:
+                            h, owned = (out[0] if isinstance(out, tuple) else out), False
+                    if not owned:
+                        h, owned = h.clone(memory_format=torch.contiguous_format), True
+                    h = step(h)
+                if not fast or post._forward_hooks or post._forward_pre_hooks:
+                    h, owned = post(h), False
         finally:
-            self._scope = ""
-        return h
+            d["_scope"] = ""
+        return h, owned
 
     def summary(self) -> LayerTable:
         """One row per layer: kind, heads (or MLP width), token dim and nonzero parameter count; a list of dicts
