@@ -16,7 +16,7 @@ import torch
 import typer
 
 import icgd
-from icgd.cli import app, main
+from icgd.cli import app
 from test_cli import run
 
 HEAVY = ("torch", "numpy", "matplotlib", "sklearn", "scipy", "safetensors")

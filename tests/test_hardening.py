@@ -24,7 +24,7 @@ from icgd.nets import NetSpec
 from icgd.sklearn import InContextClassifier, InContextRegressor
 from icgd.tasks import make_task
 from icgd.train import build_config, load_checkpoint, resume, train
-from icgd.train.checkpoint import META_FILE, MODEL_FILE, RunLock, save_checkpoint
+from icgd.train.checkpoint import META_FILE, RunLock, save_checkpoint
 
 from test_cli import run
 from test_cli_fuzz import assert_one_line_error, snapshot
