@@ -123,7 +123,7 @@ def test_previous_figures_parse_from_the_layout_without_previous_columns(tmp_pat
     from icgd.bench.previous import first_number, parse, read
 
     prev = parse(OLD_LAYOUT)
-    assert prev.date == "2026-11-23" and prev.label() == "previous (2026-11-23)"
+    assert prev.date == "2026-11-23"
     icgd = prev.model("6L/4H/128", "icgd ICLTransformer (softmax)")
     assert (icgd.train_ratio, icgd.eval_ratio, icgd.memory, icgd.memory_ratio) == (1.34, 1.56, "331.9 MB", 0.45)
     hf = prev.model("6L/4H/128", "HF GPT2Model + linear read-in/out")
@@ -159,7 +159,7 @@ def test_previous_columns_round_trip_through_the_new_layout():
                       *learners_section(learners, old)])
     assert "| **1.60×** (1.60–1.60) | 1.34× |" in text and "| **2.00×** (2.00–2.00) | 1.56× |" in text
     assert "| **0.40×** | 331.9 MB, 0.45× |" in text and "| 744.4 MB, – |" not in text
-    assert "| **30.00×** (30.00–30.00) | 15.54× |" in text and "previous (2026-11-23)" in text
+    assert "| **30.00×** (30.00–30.00) | 15.54× |" in text and "run of 2026-11-23" in text
     again = parse(text)
     icgd = again.model("6L/4H/128", "icgd ICLTransformer (softmax)")
     assert (icgd.train_ratio, icgd.eval_ratio, icgd.memory, icgd.memory_ratio) == (1.6, 2.0, "400.0 kB", 0.4)

@@ -39,9 +39,6 @@ class Previous:
     def model(self, size: str, label: str) -> ModelFigures | None:
         return self.training.get(size, {}).get(label)
 
-    def label(self) -> str:
-        return f"previous ({self.date})" if self.date else "previous"
-
 
 def first_number(cell: str) -> float | None:
     """The leading number of a cell such as ``**1.34×** (1.21–1.65)`` or ``0.45×``; None for '–' or text."""

@@ -94,7 +94,8 @@ def _size_table(r: SizeResult, batch: int, previous: Previous | None = None) -> 
 def _previous_note(previous: Previous | None) -> str:
     if previous is None:
         return ("*Previous* columns: no earlier results file at this path, so none are shown (–).")
-    return (f"*Previous* columns: the figures of the results file this run replaced ({previous.label()}), read back "
+    when = f" (run of {previous.date})" if previous.date else ""
+    return (f"*Previous* columns: the figures of the results file this run replaced{when}, read back "
             f"from its tables; they were measured under that run's load, so compare them as ratios.")
 
 
@@ -238,7 +239,10 @@ def construction_section(c: ConstructionResult | None) -> list[str]:
         "(every token has the same key rows, so Σ_s relu(⟨q_i, k⟩) V h_s = relu(⟨q_i, k⟩) V Σ_s h_s) and evaluate a "
         "group's sum of ReLU heads through its exact piecewise-linear form (the heads' scores are linear in two "
         "block scores, so the sum is linear on each angular sector between the heads' breakpoints: O(log H) per "
-        "score instead of O(H)). The *per-head* row runs the same layers with every head evaluated one by one.",
+        "score instead of O(H)). Everything that depends only on the frozen weights (index, coefficient and sector "
+        "tables: `icgd.layers.plans`) is built once, so a layer call is a handful of tensor operations, and while "
+        "no gradient is recorded and no hook listens the layers add into the residual stream in place. The "
+        "*per-head* row runs the same layers with every head evaluated one by one.",
         "",
         f"| | constructed forward | autograd GD | ratio (per round) | previous ({prev['date']}) | target |",
         "|---|---|---|---|---|---|",
