@@ -250,8 +250,7 @@ def shuffled_training(cfg, steps: int, seed: int) -> torch.nn.Module:
     destroyed, the label distribution kept."""
     from icgd.train.loop import Batch, build_model, build_task, loss_of, lr_at, predictions, sample_batch
 
-    torch.manual_seed(cfg.seed)
-    model, task = build_model(cfg), build_task(cfg)
+    model, task = build_model(cfg), build_task(cfg)  # build_model draws the init from its own seeded generator
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                             betas=(cfg.beta1, cfg.beta2))
     model.train()
