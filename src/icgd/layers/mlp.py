@@ -110,7 +110,8 @@ class MLP(nn.Module):
             raise ShapeError(f"tokens have dimension {h.shape[-1]}, the MLP expects {self.dim}")
         plan = self._plan()
         if plan is not None:  # the few columns W1 reads, the units, the columns W2 writes
-            out = plan.second(ACTIVATIONS[self.activation](plan.first(h)))
+            pre = plan.first(h)  # a new tensor: relu in place (the same values)
+            out = plan.second(pre.relu_() if self.activation == "relu" else ACTIVATIONS[self.activation](pre))
             return plan.second.add_to(h, out, inplace)
         if not self.residual:  # fused bias adds (nn.Linear's kernels); the block adds the residual
             act = ACTIVATIONS[self.activation]

@@ -155,6 +155,10 @@ class BankPlan:
         self.vgpos = (self.vg * self.vcols.n + self.vpos).contiguous()
         self.vcoef = vc[keep].contiguous()
         self.dst = vdst[keep].contiguous()
+        dst_runs = Reader(self.dst).runs if self.dst.numel() else None
+        # the destination columns as one increasing run of distinct columns: an in-place slice add (the same
+        # additions as index_add_, without its scatter)
+        self.dst_run = dst_runs[0] if dst_runs is not None and len(dst_runs) == 1 else None
         # EWML: every row's query and key column, rows (r, G) so that the sum over a group's rows runs over a leading
         # axis, then the value sources; the rows' coefficient products (μ is multiplied in per call)
         self.ew_idx = torch.cat([qi.t().reshape(-1), ki.t().reshape(-1), vsrc[keep]]).contiguous()
@@ -202,6 +206,9 @@ class BankPlan:
 
     def write(self, h: torch.Tensor, upd: torch.Tensor, inplace: bool) -> torch.Tensor:
         """``h`` plus the value entries' updates ``upd (B, T or 1, E)`` at their destination columns."""
+        if inplace and self.dst_run is not None:  # a slice add broadcasts a (B, 1, E) update itself
+            h[..., self.dst_run[0]:self.dst_run[1]].add_(upd)
+            return h
         if upd.shape[1] != h.shape[1]:
             upd = upd.expand(h.shape[0], h.shape[1], upd.shape[-1])
         return h.index_add_(-1, self.dst, upd) if inplace else h.index_add(-1, self.dst, upd)
@@ -297,6 +304,9 @@ class Reader:
             else:
                 runs.append([c, c + 1])
         self.runs = [tuple(r) for r in runs] if 0 < len(runs) <= MAX_RUNS else None
+        # k ≥ 2 copies of one run (a, b): read as one slice broadcast over a new axis of k (no cat)
+        self.repeat = (*self.runs[0], len(self.runs)) if self.runs is not None and len(self.runs) > 1 \
+            and all(r == self.runs[0] for r in self.runs) else None
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
         if self.runs is None:
@@ -384,6 +394,14 @@ class LinearPlan:
             return torch.matmul(self.cols(x), self.block_t)
         out = None
         for read, coef in self.entries:
+            if not isinstance(read, tuple) and read.repeat is not None:  # k copies of one run: (…, k, L) views
+                a, b, k = read.repeat
+                part, coef = x[..., a:b].unsqueeze(-2), coef.view(k, b - a)
+                if out is None:
+                    out = (part * coef).view(*x.shape[:-1], self.R)  # a new contiguous (…, k, L) tensor
+                else:
+                    out.view(*x.shape[:-1], k, b - a).addcmul_(part, coef)
+                continue
             part = x[..., read[0]:read[1]] if isinstance(read, tuple) else read(x)
             out = part * coef if out is None else out.addcmul_(part, coef)
         return out
