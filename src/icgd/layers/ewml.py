@@ -6,7 +6,7 @@ import torch
 
 from icgd.layers.heads import HeadBank, HeadLayer, bank_for
 from icgd.errors import ShapeError
-from icgd.layers.plans import fast_state, frozen, gather_last
+from icgd.layers.plans import fast_state, frozen, gather_last, rows_of
 
 
 class EWML(HeadLayer):
@@ -48,9 +48,14 @@ class EWML(HeadLayer):
                 mu = fast.ew_mu = (HeadBank.self_coefficients(bank).detach().t() * plan.ew_coef).contiguous()
         else:
             mu = HeadBank.self_coefficients(bank).t() * plan.ew_coef
-        cols = gather_last(h, plan.ew_idx)  # (B, T, 2·r·G + E): query, key and value columns, rows (r, G)
-        qh, kh = cols[..., : G * r].view(B, T, r, G), cols[..., G * r: 2 * G * r].view(B, T, r, G)
+        views = plan.ew_views
+        if views is not None:  # slices of the tokens (rows (r, G)), no gather
+            qh, kh, vals = rows_of(h, views[0], r, G), rows_of(h, views[1], r, G), views[2](h)
+        else:
+            cols = gather_last(h, plan.ew_idx)  # (B, T, 2·r·G + E): query, key and value columns, rows (r, G)
+            qh, kh = cols[..., : G * r].view(B, T, r, G), cols[..., G * r: 2 * G * r].view(B, T, r, G)
+            vals = cols[..., 2 * G * r:]
         prod = (qh * kh).mul_(mu)
         coef = prod.squeeze(-2) if r == 1 else prod.sum(-2)  # (B, T, G)
-        upd = plan.per_group(coef) * cols[..., 2 * G * r:] * plan.vcoef  # (B, T, E)
+        upd = plan.per_group(coef) * vals * plan.vcoef  # (B, T, E)
         return plan.write(h, upd, inplace)

@@ -163,6 +163,11 @@ class BankPlan:
         # axis, then the value sources; the rows' coefficient products (μ is multiplied in per call)
         self.ew_idx = torch.cat([qi.t().reshape(-1), ki.t().reshape(-1), vsrc[keep]]).contiguous()
         self.ew_coef = (qc * kc).t().contiguous()  # (r, G)
+        # the same columns as views where they allow it (no gather): each of the query and key parts one run of r·G
+        # columns, or r columns each read by every group (broadcast over the groups); the values through a Reader
+        parts = (_rows_view(qi.t().reshape(-1).tolist(), r, G), _rows_view(ki.t().reshape(-1).tolist(), r, G))
+        vread = Reader(vsrc[keep])
+        self.ew_views = (*parts, vread) if None not in parts and vread.runs is not None else None
         self._per_T: dict = {}
         self._tables = None
 
@@ -212,6 +217,28 @@ class BankPlan:
         if upd.shape[1] != h.shape[1]:
             upd = upd.expand(h.shape[0], h.shape[1], upd.shape[-1])
         return h.index_add_(-1, self.dst, upd) if inplace else h.index_add(-1, self.dst, upd)
+
+
+def _rows_view(cols: list[int], r: int, G: int) -> tuple[bool, int, int] | None:
+    """Columns of r·G rows in (r, G) order as ``(broadcast, start, stop)``: one run of r·G columns (False), or r
+    consecutive columns each read by all G rows of its r (True); None otherwise."""
+    if not cols:
+        return None
+    a = cols[0]
+    if cols == list(range(a, a + r * G)):
+        return (False, a, a + r * G)
+    firsts = cols[::G]
+    if firsts == list(range(a, a + r)) and all(cols[i * G:(i + 1) * G] == [firsts[i]] * G for i in range(r)):
+        return (True, a, a + r)
+    return None
+
+
+def rows_of(h: torch.Tensor, view: tuple[bool, int, int], r: int, G: int) -> torch.Tensor:
+    """``(B, T, r, G)`` (or ``(B, T, r, 1)`` broadcasting over the groups) view of the rows :func:`_rows_view`
+    describes."""
+    broadcast, a, b = view
+    cols = h[..., a:b]
+    return cols.unsqueeze(-1) if broadcast else cols.view(*h.shape[:-1], r, G)
 
 
 def _to(obj, device: torch.device):
