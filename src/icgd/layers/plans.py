@@ -167,7 +167,8 @@ class BankPlan:
         # columns, or r columns each read by every group (broadcast over the groups); the values through a Reader
         parts = (_rows_view(qi.t().reshape(-1).tolist(), r, G), _rows_view(ki.t().reshape(-1).tolist(), r, G))
         vread = Reader(vsrc[keep])
-        self.ew_views = (*parts, vread) if None not in parts and vread.runs is not None else None
+        self.ew_views = (*parts, vread) if None not in parts and not (parts[0][0] and parts[1][0]) \
+            and vread.runs is not None else None  # (one part per group at least: the product is (r, G))
         self._per_T: dict = {}
         self._tables = None
 
