@@ -461,3 +461,12 @@ def test_compare_lsa_weights_rejects_bad_inputs():
 def test_predictor_protocol():
     assert isinstance(kernel_predictor, an.Predictor)
     assert math.isfinite(an.MODEL_COS_EPS)
+
+
+def test_comparisons_refuse_prompts_without_queries():
+    g = torch.Generator().manual_seed(0)
+    X, Y = torch.randn(2, 5, 3, generator=g), torch.randn(2, 5, 1, generator=g)
+    from icgd.learners import LeastSquares, Ridge as RidgeLearner
+
+    with pytest.raises(ShapeError, match="x_query has no points"):
+        an.preds_diff(LeastSquares(), RidgeLearner(0.1), X, Y, torch.zeros(2, 0, 3))

@@ -165,4 +165,4 @@ def test_previous_columns_round_trip_through_the_new_layout():
     assert (icgd.train_ratio, icgd.eval_ratio, icgd.memory, icgd.memory_ratio) == (1.6, 2.0, "400.0 kB", 0.4)
     assert again.learners == {("ols", "predict"): 30.0} and again.date == "2026-12-24"
     fresh = "\n".join(training_section(result, None))
-    assert "| **1.60×** (1.60–1.60) | – |" in fresh and "no earlier results file" in fresh
+    assert "| **1.60×** (1.60–1.60) | – |" in fresh and "no earlier figures could be read" in fresh

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import icgd.models
-from icgd.errors import SpecError
+from icgd.errors import ShapeError, SpecError
 from icgd.experiments import cheng2024
 from icgd.hooks import HookPoint
 from icgd.layers import (FusedSelfAttention, KernelAttention, LinearAttention, SoftmaxAttention, Transformer,
@@ -304,3 +304,10 @@ def test_cheng_kernel_transformer_matches_its_equation(activation):
         0.5 * torch.randn(2, 3, generator=g, dtype=F64)
     with torch.no_grad():
         close(model(X, Y, xq), cheng_loop(model, X, Y, xq))
+
+
+@pytest.mark.parametrize("shape", [(5, 8), (2, 5, 6)])
+def test_fused_self_attention_refuses_tokens_of_the_wrong_shape(shape):
+    layer = FusedSelfAttention(8, 2)
+    with pytest.raises(ShapeError, match=r"tokens must be \(B, T, 8\)"):
+        layer(torch.zeros(shape))

@@ -204,3 +204,40 @@ def test_linear_plan_pads_stay_inside_the_token(gen, reorder):
     plan = LinearPlan(W.to_sparse(), reorder=reorder)
     x = rnd(gen, 1, 3, D)
     np.testing.assert_allclose(plan.full(x).numpy(), (x @ W.T).numpy(), rtol=1e-14, atol=1e-14)
+
+
+def test_pre_hook_that_keeps_its_input_sees_it_unchanged(gen):
+    """A forward pre-hook that saves the stream it is given (the usual way to record a layer's input) must see a
+    tensor that the in-place fast path does not go on updating; the saved input equals that of the plain path."""
+    spec, model = _model(steps=1)
+    X, Y, w0 = _prompt(gen, spec, B=2)
+    saved = {}
+
+    def keep(module, args):
+        saved["ref"], saved["copy"] = args[0], args[0].clone()
+    handle = model.layers[0].register_forward_pre_hook(keep)
+    try:
+        with torch.no_grad():
+            model.trace(X, Y, w0)
+        assert torch.equal(saved["ref"], saved["copy"])
+        fast_input = saved["copy"]
+        model.trace(X, Y, w0)  # grad enabled: the plain path
+        assert torch.equal(fast_input, saved["copy"])
+    finally:
+        handle.remove()
+
+
+def test_plan_follows_alpha_and_c_starting_to_require_grad(gen):
+    """A layer first called with frozen α, c (planned sector form), then with α and c requiring grad, must give
+    gradients for them as a fresh layer does."""
+    layer = ReLUAttention(_bank(gen))
+    h = _tokens(gen, 2, 7)
+    with torch.no_grad():
+        before = layer(h)
+    bank = layer.heads
+    bank.alpha.requires_grad_(True)
+    bank.c.requires_grad_(True)
+    out = layer(h)
+    out.sum().backward()
+    assert bank.alpha.grad is not None and bank.c.grad is not None
+    np.testing.assert_allclose(out.detach().numpy(), before.numpy(), rtol=1e-12, atol=1e-12)

@@ -137,6 +137,8 @@ def _context(X, Y, x_query=None, query_name: str = "x_query"):
         if msg.startswith(query_name):
             msg += f"; (m, {d}) is also accepted, shared by all prompts"
         raise ShapeError(msg) from None
+    if q is not None and q.shape[1] == 0:
+        raise ShapeError(f"{query_name} has no points (shape {tuple(q.shape)}); pass at least one query per prompt")
     return X, Y, q
 
 

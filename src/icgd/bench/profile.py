@@ -16,8 +16,7 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("other elementwise, copies, reductions", ("aten::mul", "aten::add", "aten::copy_", "aten::cat", "aten::sum",
                                                "aten::fill_", "aten::zero_", "aten::div", "aten::clone",
                                                "aten::masked_fill", "aten::relu", "aten::tril", "aten::lerp",
-                                               "aten::sqrt", "aten::addc", "aten::stack", "aten::index",
-                                               "aten::_fused_adam")),
+                                               "aten::sqrt", "aten::addc", "aten::stack", "aten::index")),
 )
 OTHER = "framework overhead and the rest"
 

@@ -93,7 +93,7 @@ def _size_table(r: SizeResult, batch: int, previous: Previous | None = None) -> 
 
 def _previous_note(previous: Previous | None) -> str:
     if previous is None:
-        return ("*Previous* columns: no earlier results file at this path, so none are shown (–).")
+        return ("*Previous* columns: no earlier figures could be read from this path, so none are shown (–).")
     when = f" (run of {previous.date})" if previous.date else ""
     return (f"*Previous* columns: the figures of the results file this run replaced{when}, read back "
             f"from its tables; they were measured under that run's load, so compare them as ratios.")
@@ -169,7 +169,7 @@ def _bounds(t: TrainingResult) -> list[str]:
             f"activations that both models make: `addmm` copies the bias into its output before the GEMM, autograd "
             f"sums every bias gradient over B·T rows, the QKV split's backward concatenates three gradients, exact "
             f"GELU evaluates erf forward and backward, and AdamW's default implementation makes ~10 small ops per "
-            f"parameter (the fused kernel saves ≈ 0.7% of a 6-layer/128-wide step). What is left to cut is "
+            f"parameter. What is left to cut is "
             f"below the ratio's round-to-round scatter; the hot spots are the GEMMs (already near the core's fp32 "
             f"peak) and the SDPA kernel, the same kernels on both sides.")
     return out

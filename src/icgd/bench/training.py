@@ -146,8 +146,7 @@ def batches(cfg: TrainingBenchConfig, device: torch.device, count: int = 4) -> l
     return out
 
 
-def train_stepper(model: nn.Module, cfg: TrainingBenchConfig, data: list, variant: str = ANCHOR
-                  ) -> Callable[[], None]:
+def train_stepper(model: nn.Module, cfg: TrainingBenchConfig, data: list) -> Callable[[], None]:
     """One AdamW step per call (torch.optim.AdamW's default implementation for every model), cycling through
     `data`."""
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
@@ -178,7 +177,7 @@ def _memory_child(variant: str, cfg: TrainingBenchConfig, size: ModelSize, threa
     torch.set_num_threads(threads)
     device = torch.device("cpu")
     model = build(variant, cfg, size, device)
-    step = train_stepper(model, cfg, batches(cfg, device, count=1), variant)
+    step = train_stepper(model, cfg, batches(cfg, device, count=1))
     before = rss_bytes()
     reset_peak_rss()
     for _ in range(cfg.memory_steps):
@@ -212,7 +211,7 @@ def bench_size(cfg: TrainingBenchConfig, size: ModelSize, device: torch.device, 
     data = batches(cfg, device)
     models = {v: build(v, cfg, size, device) for v in variants}
     params = {v: trained_params(m) for v, m in models.items()}
-    steps = {v: train_stepper(m, cfg, data, v) for v, m in models.items()}
+    steps = {v: train_stepper(m, cfg, data) for v, m in models.items()}
     train = interleaved(steps, cfg.rounds, device, warmup=cfg.warmup)
     profiled = {}
     if cfg.profile:

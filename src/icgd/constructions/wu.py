@@ -334,6 +334,7 @@ def projection_guard(layout: Layout, box: float, dtype: torch.dtype):
                              f"(box/√eps for {dtype}): the projection onto [−{box:g}, {box:g}] cannot be computed "
                              f"exactly that far out (the result would be off by up to the box width); use a smaller "
                              f"eta, rescale the data, or build the model in float64")
+    hook.reads_only = True  # keeps no reference to its input: the in-place fast path may go on updating it
     return hook
 
 

@@ -601,11 +601,13 @@ class FusedSelfAttention(nn.Module):
         self.n_head, self.n_embd, self.attention = n_head, n_embd, attention
         self.c_attn = nn.Linear(n_embd, 3 * n_embd)
         self.c_proj = nn.Linear(n_embd, n_embd)
-        self.hook_pattern = HookPoint()  # (B, H, T, T), only when hooked
-        self.hook_z = HookPoint()  # (B, T, H, dh): per-head output before c_proj
+        self.hook_pattern = HookPoint()  # (B, H, T_q, S), only when hooked
+        self.hook_z = HookPoint()  # (B, T_q, H, dh): per-head output before c_proj
 
     def forward(self, x: torch.Tensor, vis: Visibility | None = None, keep: slice | None = None) -> torch.Tensor:
         """``(B, T_q, E)``; `vis` defaults to the causal mask."""
+        if x.dim() != 3 or x.shape[-1] != self.n_embd:
+            raise ShapeError(f"tokens must be (B, T, {self.n_embd}), got {tuple(x.shape)}")
         B, T, E = x.shape
         if vis is None:
             vis = Visibility(T, x.device, x.dtype)

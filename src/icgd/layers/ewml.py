@@ -14,8 +14,8 @@ class EWML(HeadLayer):
     activation and no normalisation, so every head is a trilinear product — the one operation that attention and
     MLPs cannot do exactly (Wu et al. Remark 3).
 
-    A frozen sparse bank (:func:`icgd.layers.plans.bank_plan`) reads its query, key and value columns with one
-    gather and writes the value entries' destination columns (in place under
+    A frozen sparse bank (:func:`icgd.layers.plans.bank_plan`) reads its query, key and value columns as slices of
+    the tokens where they run contiguously (else one gather) and writes the value entries' destination columns (in place under
     :meth:`~icgd.layers.transformer.Transformer._run_layers`)."""
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:

@@ -14,9 +14,10 @@ columns it touches:
   else one gather of each row's few entries.
 
 Plans are cached on their module while the tensors they come from are unchanged (the same objects, in-place
-version counters, device and dtype) and are only built for frozen weights (no parameter requires grad), so that
-gradients with respect to the weights keep flowing through the layers' own code. The layers then update the
-residual stream with ``index_add`` into the written columns: out of place for a plain call, in place when
+version counters, device, dtype and whether α and c require grad) and are only built while the query, key and value
+coefficients are frozen (do not require grad), so that gradients with respect to them keep flowing through the
+layers' own code. The layers then update the residual stream in the written columns (a slice add where they form
+one contiguous run, else ``index_add``): out of place for a plain call, in place when
 :class:`~icgd.layers.transformer.Transformer` owns the tensor and no gradient is recorded.
 """
 
@@ -280,7 +281,8 @@ def fast_state(bank) -> Fast | None:
     tensors = bank_tensors(bank)
     if tensors is None or not frozen(tensors[1], tensors[3], tensors[6]):
         return None
-    extra = (tensors[1].device, tensors[1].dtype, heads.SECTOR_MIN_HEADS)
+    extra = (tensors[1].device, tensors[1].dtype, heads.SECTOR_MIN_HEADS, tensors[8].requires_grad,
+             tensors[9].requires_grad)  # relu_sectors() is None while alpha or c require grad
 
     def build():
         plan = bank_plan(bank)

@@ -63,8 +63,10 @@ class Transformer(HookedModel):
 
         While no gradient is recorded, a layer with a ``forward_inplace`` method (the frozen sparse layers) adds its
         update into the residual stream in place: the stream is copied once (when not owned) instead of once per
-        layer. Hook points without hooks are skipped; a hook on a hook point, on a layer or a global module hook
-        gives the plain path (every layer returns a new tensor)."""
+        layer. Hook points without hooks are skipped; a hook on a hook point, a forward hook on a layer or a global
+        module hook gives the plain path (every layer returns a new tensor); a layer's forward pre-hook sees the
+        stream before the update, which goes into a copy unless the hook is marked ``reads_only`` (keeps no
+        reference to its input, like the projection guard of :func:`~icgd.constructions.deep_gd`)."""
         fast = not torch.is_grad_enabled() and not _global_hooks()
         layers = list(self._modules["layers"]._modules.values())
         blocks = list(self._modules["blocks"]._modules.values())
@@ -84,6 +86,8 @@ class Transformer(HookedModel):
                         out = hook(layer, (h,))
                         if out is not None:
                             h, owned = (out[0] if isinstance(out, tuple) else out), False
+                        elif not getattr(hook, "reads_only", False):  # it may keep `h`: update a copy
+                            owned = False
                     if not owned:
                         h, owned = h.clone(memory_format=torch.contiguous_format), True
                     h = step(h)

@@ -86,7 +86,8 @@ def prefix_by_queries(predict: Callable[[torch.Tensor, torch.Tensor, torch.Tenso
                       X: torch.Tensor, Y: torch.Tensor,
                       empty: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Prefix predictions from any ``predict(X, Y, x_query) → (B, m, d_out)``: one batched call per prefix length
-    (never one per prompt). `X (B, n, d)` and `Y (B, n, d_out)` are validated and batched.
+    (never one per prompt). `X (B, n, d)` and `Y (B, n, d_out)` must already be validated and batched (callers use
+    :func:`icgd.tokens.check_prompt`).
 
     Row i (i ≥ 1) of the ``(B, n, d_out)`` result is ``predict(X[:, :i], Y[:, :i], X[:, i:i+1])``; row 0 (no
     context) is ``empty(X[:, :1])[:, 0]`` when `empty` is given, else 0. Rows come back in the dtype and on the
