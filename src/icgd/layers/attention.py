@@ -347,7 +347,7 @@ class ReLUAttention(HeadLayer):
         if mods["hook_pattern"]._forward_hooks or mods["hook_z"]._forward_hooks:
             return _bank_forward_hooked(self, h, self._pattern)
         bank = mods["heads"]
-        mix = None
+        mix = hb = None
         if not self.causal:  # a frozen sparse bank: its plan (icgd.layers.plans)
             coefficients = mods.get("coefficients") or self.__dict__.get("coefficients")
             if coefficients is None:
@@ -367,7 +367,8 @@ class ReLUAttention(HeadLayer):
                 return self._shared_keys_planned(h, mix, plan, inplace)
             if _invariant(plan.queries_shared.shared_view(h)):
                 return self._shared_queries_planned(h, mix, plan, inplace)
-        hb = bank_for(self, h)
+        if hb is None:  # (a BankView built above already holds this call's coefficients)
+            hb = bank_for(self, h)
         if h.shape[-1] != hb.dim:
             raise ShapeError(f"tokens have dimension {h.shape[-1]} but the heads expect {hb.dim}")
         if mix is None and _invariant(hb.k.token_view(h)):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from icgd.layers.heads import HeadBank, HeadLayer, bank_for
 from icgd.errors import ShapeError
-from icgd.layers.plans import fast_state, frozen, gather_last, rows_of
+from icgd.layers.heads import HeadBank, HeadLayer, bank_for, gather_last
+from icgd.layers.plans import fast_state, frozen, rows_of
 
 
 class EWML(HeadLayer):

@@ -57,7 +57,7 @@ def relu_sectors(alpha: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, to
     return bounds.contiguous(), coef
 
 
-def _gather_last(h: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+def gather_last(h: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """``h[..., idx]`` for a 1-D index (torch.gather along the last axis: about twice as fast as index_select on a
     CPU, where the last axis is the contiguous one)."""
     return torch.gather(h, -1, idx.expand(*h.shape[:-1], idx.numel()))
@@ -114,7 +114,7 @@ class RowMap(nn.Module):
             return torch.einsum("...d,grd->...gr", h, self.weight)
         G, r, z = self.idx.shape
         if z == 1:  # one coordinate per row (the constructions): a single gather, no (…, r, nnz) intermediate
-            return _gather_last(h, self.idx.view(-1)).view(*h.shape[:-1], G, r) * self.coef.view(G, r)
+            return gather_last(h, self.idx.view(-1)).view(*h.shape[:-1], G, r) * self.coef.view(G, r)
         return (h[..., self.idx] * self.coef).sum(-1)
 
     def columns(self) -> torch.Tensor | None:
@@ -143,7 +143,7 @@ class RowMap(nn.Module):
             return [self(h)]
         cols, runs = self._column_runs()
         if len(runs) > MAX_RUNS:
-            return [_gather_last(h, cols)]
+            return [gather_last(h, cols)]
         return [h[..., a:b] for a, b in runs]
 
     def dense(self) -> torch.Tensor:
@@ -191,7 +191,7 @@ class ValueMap(nn.Module):
         if self.is_dense:
             return torch.einsum("...d,ged->...ge", h, self.weight)
         G, e = self.src.shape
-        return _gather_last(h, self.src.view(-1)).view(*h.shape[:-1], G, e) * self.coef
+        return gather_last(h, self.src.view(-1)).view(*h.shape[:-1], G, e) * self.coef
 
     def emit(self, vals: torch.Tensor) -> torch.Tensor:
         if self.is_dense:

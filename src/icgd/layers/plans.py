@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import torch
 
+from icgd.layers.heads import gather_last
+
 
 def frozen(*tensors: torch.Tensor) -> bool:
     """No tensor requires grad (a plan holds detached copies of what it is built from)."""
@@ -73,11 +75,7 @@ class Cols:
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
         if self.run is not None:
             return h[..., self.run[0]:self.run[1]]
-        return torch.gather(h, -1, self.idx.expand(*h.shape[:-1], self.n))
-
-
-def gather_last(h: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    return torch.gather(h, -1, idx.expand(*h.shape[:-1], idx.numel()))
+        return gather_last(h, self.idx)
 
 
 def _positions(values: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -340,7 +338,7 @@ class Reader:
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
         if self.runs is None:
-            return torch.gather(h, -1, self.idx.expand(*h.shape[:-1], self.n))
+            return gather_last(h, self.idx)
         if len(self.runs) == 1:
             a, b = self.runs[0]
             return h[..., a:b]
